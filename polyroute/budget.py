@@ -1,0 +1,135 @@
+"""Budgets of a run: steps, tokens, dollars and the deadline.
+
+A call reserves its worst case (its input estimate plus its full ``max_tokens`` of output)
+before it starts and settles the actual figures after, in one synchronous method each, so
+steps running in parallel can never overspend a budget together.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from datetime import datetime
+
+from polyroute.errors import BudgetExceededError, DeadlineExceededError
+from polyroute.schema import BudgetReport, Constraints
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """What one call holds of the budget until it settles."""
+
+    step_id: str
+    tokens: int
+    cost_usd: float
+    counts_step: bool
+
+
+class Budget:
+    """Reserve-then-settle accounting of one run's limits."""
+
+    def __init__(self, constraints: Constraints, deadline: datetime | None = None) -> None:
+        self.max_steps = constraints.max_steps
+        self.max_tokens = constraints.max_token_budget
+        self.max_cost_usd = constraints.max_cost_usd
+        self.deadline = deadline if deadline is not None else constraints.deadline
+        self.steps_used = 0
+        self.tokens_used = 0
+        self.cost_used_usd = 0.0
+        self._reserved_steps = 0
+        self._reserved_tokens = 0
+        self._reserved_cost = 0.0
+        self._lock = threading.Lock()
+
+    def tokens_left(self) -> int | None:
+        """Tokens neither spent nor reserved (None when unlimited)."""
+        if self.max_tokens is None:
+            return None
+        return max(0, self.max_tokens - self.tokens_used - self._reserved_tokens)
+
+    def cost_left_usd(self) -> float | None:
+        """Dollars neither spent nor reserved (None when unlimited)."""
+        if self.max_cost_usd is None:
+            return None
+        return max(0.0, self.max_cost_usd - self.cost_used_usd - self._reserved_cost)
+
+    def steps_left(self) -> int:
+        """Steps that may still start."""
+        return self.max_steps - self.steps_used - self._reserved_steps
+
+    def time_left_ms(self, now: datetime) -> float | None:
+        """Milliseconds to the deadline (None when there is none)."""
+        if self.deadline is None:
+            return None
+        return (self.deadline - now).total_seconds() * 1000.0
+
+    def reserve(
+        self,
+        step_id: str,
+        tokens: int,
+        cost_usd: float,
+        now: datetime,
+        counts_step: bool = True,
+    ) -> Reservation:
+        """Hold a call's worst case, or raise if it does not fit what is left."""
+        with self._lock:
+            left_ms = self.time_left_ms(now)
+            if left_ms is not None and left_ms <= 0:
+                raise DeadlineExceededError(f"deadline {self.deadline} passed before {step_id}")
+            if counts_step and self.steps_left() < 1:
+                raise BudgetExceededError(f"maxSteps={self.max_steps} reached before {step_id}")
+            tokens_left = self.tokens_left()
+            if tokens_left is not None and tokens > tokens_left:
+                raise BudgetExceededError(
+                    f"{step_id} needs up to {tokens:,} tokens; {tokens_left:,} of "
+                    f"maxTokenBudget={self.max_tokens:,} left"
+                )
+            cost_left = self.cost_left_usd()
+            if cost_left is not None and cost_usd > cost_left + 1e-12:
+                raise BudgetExceededError(
+                    f"{step_id} may cost ${cost_usd:.4f}; ${cost_left:.4f} of "
+                    f"maxCostUsd={self.max_cost_usd} left"
+                )
+            self._reserved_tokens += tokens
+            self._reserved_cost += cost_usd
+            if counts_step:
+                self._reserved_steps += 1
+            return Reservation(step_id, tokens, cost_usd, counts_step)
+
+    def settle(self, res: Reservation, tokens: int, cost_usd: float) -> None:
+        """Replace a reservation by what the call actually used."""
+        with self._lock:
+            self._release(res)
+            self.tokens_used += tokens
+            self.cost_used_usd += cost_usd
+            if res.counts_step:
+                self.steps_used += 1
+
+    def release(self, res: Reservation) -> None:
+        """Give a reservation back unused (the call never ran)."""
+        with self._lock:
+            self._release(res)
+
+    def _release(self, res: Reservation) -> None:
+        self._reserved_tokens -= res.tokens
+        self._reserved_cost -= res.cost_usd
+        if res.counts_step:
+            self._reserved_steps -= 1
+
+    def charge(self, tokens: int, cost_usd: float) -> None:
+        """Record spending outside a step (classification, planning)."""
+        with self._lock:
+            self.tokens_used += tokens
+            self.cost_used_usd += cost_usd
+
+    def report(self) -> BudgetReport:
+        """Limits and use, for the run result."""
+        return BudgetReport(
+            max_steps=self.max_steps,
+            steps_used=self.steps_used,
+            max_token_budget=self.max_tokens,
+            tokens_used=self.tokens_used,
+            max_cost_usd=self.max_cost_usd,
+            cost_used_usd=round(self.cost_used_usd, 8),
+            deadline=self.deadline,
+        )

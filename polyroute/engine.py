@@ -1,0 +1,564 @@
+"""The in-process engine: classify, plan, then run the graph with asyncio.
+
+A step starts the moment its own dependencies are done (not wave by wave), bounded by the
+concurrency limit. Every call reserves its worst case against the budgets first; at the
+deadline nothing new starts and running calls are cancelled. A failed step skips its
+dependants and lets independent branches finish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+from polyroute.budget import Budget
+from polyroute.classify import ClassifyInput, LocalClassifier, ModelClassifier
+from polyroute.compress import Document, build_sections, compress
+from polyroute.cost import call_cost, savings_pct
+from polyroute.errors import (
+    BudgetExceededError,
+    DeadlineExceededError,
+    LimitError,
+    PolyrouteError,
+    ProviderError,
+)
+from polyroute.execute import RetriesExhaustedError, RetryPolicy, call_with_retries
+from polyroute.graph import critical_path, validate_plan, waves
+from polyroute.planner import ModelPlanner, needs_planner, single_step_plan
+from polyroute.providers.base import ImageInput, ModelRequest, Provider
+from polyroute.registry import ModelSpec, Registry
+from polyroute.routing import Policy, Router, RouteRequest
+from polyroute.schema import (
+    AgentHandoff,
+    Baseline,
+    Capability,
+    Classification,
+    CompletedStep,
+    Plan,
+    RouteDecision,
+    RunResult,
+    Step,
+    StepResult,
+    Task,
+    Totals,
+    Usage,
+)
+from polyroute.taskfile import Materialized, materialize
+from polyroute.tokens import estimate_tokens
+
+STEP_SYSTEM = (
+    "You are one agent in a multi-model pipeline. Do only your step, using the task, the "
+    "results of the steps it depends on and the facts given. Be concise and concrete."
+)
+FACT_CHARS = 280
+
+ProviderFor = Callable[[ModelSpec], Provider]
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class EngineConfig:
+    """How a run is carried out; everything external is injectable."""
+
+    registry: Registry
+    policy: Policy
+    provider_for: ProviderFor
+    classifier: str = "local"
+    concurrency: int = 8
+    seed: int = 0
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    clock: Callable[[], datetime] = _utcnow
+    today: date | None = None
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+    on_step: Callable[[StepResult], None] | None = None
+
+
+@dataclass
+class _StepState:
+    step: Step
+    result: StepResult
+    completed: CompletedStep | None = None
+    decision: RouteDecision | None = None
+    output: Any = None
+
+
+class Run:
+    """One task's run: its plan, budget, handoff and step states."""
+
+    def __init__(self, engine: Engine, task: Task, task_id: str) -> None:
+        self.engine = engine
+        self.cfg = engine.cfg
+        self.task = task
+        self.task_id = task_id
+        self.started = self.cfg.clock()
+        deadline = task.constraints.deadline
+        if task.constraints.timeout_seconds is not None:
+            rel = self.started + timedelta(seconds=task.constraints.timeout_seconds)
+            deadline = min(deadline, rel) if deadline is not None else rel
+        self.deadline = deadline
+        self.budget = Budget(task.constraints, deadline=deadline)
+        self.handoff = AgentHandoff(
+            task_id=task_id,
+            original_task=task.description,
+            current_context=dict(task.context),
+            constraints=task.constraints,
+        )
+        self.stop_reason: str | None = None
+        self.rng = random.Random(self.cfg.seed)
+        self.classifier_cost = 0.0
+        self.providers: dict[str, str] = {}
+        self.simulated = False
+
+    def time_left_s(self) -> float | None:
+        left = self.budget.time_left_ms(self.cfg.clock())
+        return None if left is None else left / 1000.0
+
+    def today(self) -> date:
+        return self.cfg.today or self.cfg.clock().date()
+
+
+class Engine:
+    """Runs tasks in-process."""
+
+    def __init__(self, cfg: EngineConfig) -> None:
+        self.cfg = cfg
+        self.router = Router(cfg.registry, cfg.policy)
+        self.local_classifier = LocalClassifier()
+
+    # --- classification and planning -----------------------------------------------------
+
+    async def classify(
+        self, task: Task, mat: Materialized, run: Run | None = None
+    ) -> Classification:
+        """Classify the task with the configured classifier."""
+        item = ClassifyInput(
+            text=task.description,
+            type_hint=task.type,
+            complexity_hint=task.complexity,
+            image_count=len(mat.images),
+            extra_tokens=mat.document_tokens + mat.image_tokens,
+        )
+        if self.cfg.classifier == "model":
+            spec, _ = self.cfg.registry.resolve(
+                self.cfg.registry.tiers.get("fast", "claude-haiku-4-5"),
+                run.today() if run else date.today(),
+            )
+            clf = ModelClassifier(spec, self.cfg.provider_for(spec), seed=self.cfg.seed)
+            result = await clf.classify(item)
+            if run is not None:
+                run.budget.charge(0, result.cost_usd)
+                run.classifier_cost += result.cost_usd
+            return result
+        return self.local_classifier.classify_sync(item)
+
+    async def make_plan(self, task: Task, classification: Classification, run: Run) -> Plan:
+        """The task's plan: given, from the planner, or a single step; always validated."""
+        if task.plan is not None:
+            plan = task.plan
+        elif needs_planner(task, classification):
+            spec, _ = self.cfg.registry.resolve(
+                self.cfg.registry.tiers.get("reasoning", "claude-opus-4-5"), run.today()
+            )
+            planner = ModelPlanner(spec, self.cfg.provider_for(spec), seed=self.cfg.seed)
+            plan = await planner.plan(task)
+            run.budget.charge(planner.tokens, planner.cost_usd)
+            run.classifier_cost += planner.cost_usd
+            if task.attachments:
+                plan = Plan(
+                    steps=[s.model_copy(update={"use_attachments": True}) for s in plan.steps],
+                    source=plan.source,
+                )
+        else:
+            plan = single_step_plan(task, classification)
+        validate_plan(plan, task.constraints.max_steps)
+        return plan
+
+    # --- the run ---------------------------------------------------------------------------
+
+    async def run(self, task: Task, task_id: str | None = None) -> RunResult:
+        """Run a task to its result. Raises only for bad input (invalid plan, config)."""
+        run = Run(self, task, task_id or task.task_id or uuid.uuid4().hex[:12])
+        mat = materialize(task.attachments)
+        classification = await self.classify(task, mat, run)
+        plan = await self.make_plan(task, classification, run)
+        states = {
+            s.id: _StepState(
+                step=s,
+                result=StepResult(
+                    step_id=s.id,
+                    description=s.description,
+                    type=s.type,
+                    depends_on=list(s.depends_on),
+                    status="skipped",
+                ),
+            )
+            for s in plan.steps
+        }
+        run.handoff.remaining_steps = [s.id for s in plan.steps]
+        await self._run_graph(run, plan, states, mat, classification)
+        return self._result(run, plan, states, classification)
+
+    async def _run_graph(
+        self,
+        run: Run,
+        plan: Plan,
+        states: dict[str, _StepState],
+        mat: Materialized,
+        classification: Classification,
+    ) -> None:
+        waiting = {s.id: len(s.depends_on) for s in plan.steps}
+        children: dict[str, list[str]] = {s.id: [] for s in plan.steps}
+        for s in plan.steps:
+            for d in s.depends_on:
+                children[d].append(s.id)
+        sem = asyncio.Semaphore(max(1, self.cfg.concurrency))
+        tasks: set[asyncio.Task[None]] = set()
+        done_event = asyncio.Event()
+        remaining = len(plan.steps)
+        single = len(plan.steps) == 1
+
+        def finish(step_id: str) -> None:
+            nonlocal remaining
+            remaining -= 1
+            state = states[step_id]
+            if self.cfg.on_step is not None:
+                self.cfg.on_step(state.result)
+            ok = state.result.status == "succeeded"
+            for child in children[step_id]:
+                if not ok:
+                    skip(child, f"dependency {step_id} {state.result.status}")
+                    continue
+                waiting[child] -= 1
+                if waiting[child] == 0 and states[child].result.error is None:
+                    start(child)
+            if remaining == 0:
+                done_event.set()
+
+        def skip(step_id: str, why: str) -> None:
+            res = states[step_id].result
+            if res.error is not None:
+                return
+            res.status = "skipped"
+            res.error = why
+            finish(step_id)
+
+        def start(step_id: str) -> None:
+            t = asyncio.ensure_future(worker(step_id))
+            tasks.add(t)
+            t.add_done_callback(tasks.discard)
+
+        async def worker(step_id: str) -> None:
+            async with sem:
+                await self._run_step(run, states[step_id], mat, classification, single)
+            finish(step_id)
+
+        for s in plan.steps:
+            if waiting[s.id] == 0:
+                start(s.id)
+        if remaining == 0:
+            return
+        left = run.time_left_s()
+        try:
+            await asyncio.wait_for(done_event.wait(), timeout=left)
+        except TimeoutError:
+            run.stop_reason = run.stop_reason or "deadline"
+            for t in list(tasks):
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            now = self.cfg.clock()
+            for st in states.values():
+                if st.result.status == "skipped" and st.result.error is None:
+                    st.result.error = "deadline passed before it could start"
+                elif st.result.status == "cancelled":
+                    st.result.finished_at = st.result.finished_at or now
+
+    def step_inputs(
+        self, run: Run, state: _StepState, mat: Materialized
+    ) -> tuple[list[Document], tuple[ImageInput, ...], int]:
+        """Documents, images and image tokens a step reads."""
+        if not state.step.use_attachments:
+            return [], (), 0
+        return list(mat.documents), mat.images, mat.image_tokens
+
+    async def _run_step(
+        self,
+        run: Run,
+        state: _StepState,
+        mat: Materialized,
+        task_class: Classification,
+        single: bool,
+    ) -> None:
+        step, res = state.step, state.result
+        res.started_at = self.cfg.clock()
+        t0 = time.perf_counter()
+        res.status = "failed"
+        try:
+            await self._route_and_call(run, state, mat, task_class, single)
+            res.status = "succeeded"
+        except asyncio.CancelledError:
+            res.status = "cancelled"
+            res.error = "cancelled at the deadline"
+            run.stop_reason = run.stop_reason or "deadline"
+        except LimitError as exc:
+            res.status = "skipped" if res.attempts == 0 else "failed"
+            res.error = str(exc)
+            run.stop_reason = run.stop_reason or (
+                "deadline" if isinstance(exc, DeadlineExceededError) else "budget"
+            )
+        except PolyrouteError as exc:
+            res.status = "failed"
+            res.error = str(exc)
+        finally:
+            res.finished_at = self.cfg.clock()
+            res.duration_ms = round((time.perf_counter() - t0) * 1000)
+        if res.status == "succeeded" and state.completed is not None:
+            run.handoff.completed_steps.append(state.completed)
+            run.handoff.current_context[step.id] = _fact(state.output)
+        if step.id in run.handoff.remaining_steps:
+            run.handoff.remaining_steps.remove(step.id)
+
+    async def _route_and_call(
+        self,
+        run: Run,
+        state: _StepState,
+        mat: Materialized,
+        task_class: Classification,
+        single: bool,
+    ) -> None:
+        step, res = state.step, state.result
+        docs, images, image_tokens = self.step_inputs(run, state, mat)
+        sections = build_sections(run.handoff, step, docs)
+        full_tokens = sum(estimate_tokens(s.text) + 8 for s in sections)
+        input_tokens = full_tokens + image_tokens + estimate_tokens(STEP_SYSTEM)
+        if single:
+            classification = task_class.model_copy(update={"token_count": input_tokens})
+        else:
+            classification = self.local_classifier.classify_sync(
+                ClassifyInput(
+                    text=step.description,
+                    type_hint=step.type,
+                    image_count=len(images),
+                )
+            ).model_copy(update={"token_count": input_tokens})
+        required: set[Capability] = set(step.needs)
+        if step.output == "json":
+            required.add("json_mode")
+        if images:
+            required.add("vision")
+        left_ms = run.budget.time_left_ms(self.cfg.clock())
+        if left_ms is not None and left_ms <= 0:
+            raise DeadlineExceededError("deadline passed before the step could start")
+        if run.budget.steps_left() < 1:
+            raise BudgetExceededError(f"maxSteps={run.budget.max_steps} reached")
+        decision = self.engine_route(
+            RouteRequest(
+                classification=classification,
+                input_tokens=input_tokens,
+                output_tokens=step.max_output_tokens,
+                required=frozenset(required),
+                pinned=step.model,
+                cost_left_usd=run.budget.cost_left_usd(),
+                tokens_left=run.budget.tokens_left(),
+                time_left_ms=left_ms,
+                today=run.today(),
+            )
+        )
+        state.decision = decision
+        res.model, res.rule, res.reason = decision.model, decision.rule, decision.reason
+        res.candidates = decision.candidates
+        chain = [decision.model, *decision.fallbacks]
+        last_error: ProviderError | None = None
+        for i, model_id in enumerate(chain):
+            spec = self.cfg.registry.get(model_id)
+            if i > 0:
+                # Re-check the fallback against what is left now, with its own window.
+                ok = self._fallback_ok(spec, decision, run, required)
+                if not ok:
+                    continue
+                res.fallback_from = res.fallback_from or decision.model
+                res.reason = (
+                    f"{decision.reason}; fell back from {chain[0]} after "
+                    f"{type(last_error).__name__ if last_error else 'failure'}"
+                )
+            done = await self._call_model(run, state, spec, docs, images, image_tokens)
+            if done is None:
+                return
+            last_error = done
+        if last_error is not None:
+            raise last_error
+
+    def engine_route(self, req: RouteRequest) -> RouteDecision:
+        """Route one step (a seam for tests and the Step Functions router)."""
+        return self.router.route(req)
+
+    def _fallback_ok(
+        self,
+        spec: ModelSpec,
+        decision: RouteDecision,
+        run: Run,
+        required: set[Capability],
+    ) -> bool:
+        if spec.is_retired(run.today()):
+            return False
+        needs = set(required)
+        if decision.classification.needs_vision:
+            needs.add("vision")
+        return needs <= spec.capabilities
+
+    async def _call_model(
+        self,
+        run: Run,
+        state: _StepState,
+        spec: ModelSpec,
+        docs: list[Document],
+        images: tuple[ImageInput, ...],
+        image_tokens: int,
+    ) -> ProviderError | None:
+        """One model, with retries. None on success; the error when it should fall back."""
+        step, res = state.step, state.result
+        window = self.router.window_tokens(spec)
+        budget_tokens = window - image_tokens - estimate_tokens(STEP_SYSTEM)
+        packed = compress(run.handoff, step, budget_tokens, docs)
+        out_tokens = min(
+            step.max_output_tokens or self.cfg.policy.default_output_tokens,
+            spec.max_output_tokens,
+        )
+        billed_in = round(
+            (packed.tokens + image_tokens + estimate_tokens(STEP_SYSTEM)) * spec.token_factor
+        )
+        worst = call_cost(spec, Usage(input_tokens=billed_in, output_tokens=out_tokens))
+        reservation = run.budget.reserve(step.id, billed_in + out_tokens, worst, self.cfg.clock())
+        provider = self.cfg.provider_for(spec)
+        run.providers[spec.id] = provider.name
+        req = ModelRequest(
+            model=spec,
+            system=STEP_SYSTEM,
+            prefix=packed.prefix,
+            prompt=packed.prompt,
+            images=images,
+            json_mode=step.output == "json",
+            max_tokens=out_tokens,
+            purpose="execute",
+            step_id=step.id,
+            step_type=step.type,
+            seed=self.cfg.seed,
+        )
+        try:
+            call = await call_with_retries(
+                provider, req, self.cfg.retry, run.rng, run.time_left_s, self.cfg.sleep
+            )
+        except RetriesExhaustedError as exc:
+            run.budget.release(reservation)
+            res.attempts += exc.attempts
+            return exc.last
+        except BaseException:
+            run.budget.release(reservation)
+            res.attempts += 1
+            raise
+        resp = call.response
+        cost = call_cost(spec, resp.usage)
+        run.budget.settle(reservation, resp.usage.total, cost)
+        run.simulated = run.simulated or resp.simulated
+        res.attempts += call.attempts
+        res.model = spec.id
+        res.provider = resp.provider
+        res.simulated = resp.simulated
+        res.usage = resp.usage
+        res.cost_usd = round(cost, 8)
+        state.output = resp.text
+        state.completed = CompletedStep(
+            agent_id=step.id,
+            model=spec.id,
+            action=step.description[:200],
+            result=resp.text,
+            confidence=_confidence(resp.stop_reason, packed.compressed, res.fallback_from),
+            duration_ms=round(resp.latency_ms),
+            tokens_used=resp.usage.total,
+            cost_usd=round(cost, 8),
+        )
+        return None
+
+    # --- the result --------------------------------------------------------------------------
+
+    def _result(
+        self,
+        run: Run,
+        plan: Plan,
+        states: dict[str, _StepState],
+        classification: Classification,
+    ) -> RunResult:
+        results = [states[s.id].result for s in plan.steps]
+        usage = sum((r.usage for r in results), Usage())
+        routed = sum(r.cost_usd for r in results)
+        used_models = sorted({r.model for r in results if r.model and r.status == "succeeded"})
+        if used_models:
+            base_spec = self.cfg.registry.most_expensive(used_models)
+            baseline_cost = sum(
+                call_cost(base_spec, r.usage) for r in results if r.status == "succeeded"
+            )
+        else:
+            base_spec = self.cfg.registry.tier("reasoning")
+            baseline_cost = 0.0
+        total_routed = routed + run.classifier_cost
+        durations = {r.step_id: float(r.duration_ms) for r in results}
+        path, length = critical_path(plan, lambda s: durations.get(s.id, 0.0))
+        ok = sum(r.status == "succeeded" for r in results)
+        status = "succeeded" if ok == len(results) else ("partial" if ok else "failed")
+        finished = self.cfg.clock()
+        return RunResult(
+            task_id=run.task_id,
+            status=status,
+            stop_reason=run.stop_reason,
+            simulated=run.simulated,
+            providers=run.providers,
+            classification=classification,
+            plan_source=plan.source,
+            waves=waves(plan),
+            critical_path=path,
+            steps=results,
+            totals=Totals(
+                cost_usd=round(total_routed, 8),
+                input_tokens=usage.input_tokens,
+                output_tokens=usage.output_tokens,
+                cache_read_tokens=usage.cache_read_tokens,
+                cache_write_tokens=usage.cache_write_tokens,
+                duration_ms=round((finished - run.started).total_seconds() * 1000),
+                critical_path_ms=round(length),
+                classifier_cost_usd=round(run.classifier_cost, 8),
+            ),
+            baseline=Baseline(model=base_spec.id, cost_usd=round(baseline_cost, 8)),
+            savings_pct=savings_pct(total_routed, baseline_cost),
+            budgets=run.budget.report(),
+            handoff=run.handoff,
+            started_at=run.started,
+            finished_at=finished,
+        )
+
+
+def _fact(output: Any) -> str:
+    """A short fact from a step's output for later steps (never the whole history)."""
+    text = output if isinstance(output, str) else str(output)
+    text = " ".join(text.split())
+    return text if len(text) <= FACT_CHARS else text[: FACT_CHARS - 1] + "…"
+
+
+def _confidence(stop_reason: str, compressed: bool, fallback_from: str | None) -> float:
+    """A plain heuristic: lower when the answer was cut, the input compressed, or a fallback
+    model answered."""
+    value = 0.9
+    if stop_reason in ("max_tokens", "length"):
+        value -= 0.3
+    if compressed:
+        value -= 0.1
+    if fallback_from:
+        value -= 0.1
+    return round(max(0.0, value), 2)

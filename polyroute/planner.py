@@ -1,0 +1,163 @@
+"""Planning: a plan given with the task is used; a simple task is one step; a planning or
+complex task asks the planning model for a JSON plan (validated, one repair, then an error)."""
+
+from __future__ import annotations
+
+import json
+import re
+
+from pydantic import ValidationError
+
+from polyroute.classify import local_type
+from polyroute.cost import call_cost
+from polyroute.errors import PlanningError, PlanValidationError, ProviderError
+from polyroute.graph import validate_plan
+from polyroute.providers.base import ModelRequest, Provider
+from polyroute.registry import ModelSpec, first_error
+from polyroute.schema import TASK_TYPES, Classification, Plan, Step, Task
+
+PLAN_MAX_TOKENS = 2000
+
+PLAN_SYSTEM = (
+    "You are the planner of a multi-model system. Break the task into a small dependency "
+    "graph of steps that can run in parallel where they do not depend on each other. Answer "
+    'with JSON only: {"steps": [{"id": "short-id", "description": "...", "type": one of '
+    + ", ".join(TASK_TYPES)
+    + ', "dependsOn": ["ids of earlier steps"]}]}. Use at most MAX steps.'
+)
+
+_ITEM = re.compile(r"^\s*(?:\d+[.)]|[-*•])\s+(.+)$", re.MULTILINE)
+
+
+def needs_planner(task: Task, classification: Classification) -> bool:
+    """True when the task has no plan and is a planning or high-complexity task."""
+    if task.plan is not None:
+        return False
+    return classification.type == "planning" or classification.complexity == "high"
+
+
+def single_step_plan(task: Task, classification: Classification) -> Plan:
+    """A simple task as one step that reads every attachment."""
+    step = Step(
+        id="answer",
+        description=task.description,
+        type=classification.type,
+        use_attachments=bool(task.attachments),
+        needs=["vision"] if classification.needs_vision else [],
+    )
+    return Plan(steps=[step], source="single")
+
+
+def local_plan(description: str, max_steps: int = 8) -> Plan:
+    """A deterministic plan from the task text: its listed items as parallel branches, else
+    understand -> (options, risks) -> plan -> summary."""
+    items = [m.group(1).strip() for m in _ITEM.finditer(description)][: max(1, max_steps - 2)]
+    if len(items) >= 2:
+        steps = [
+            Step(
+                id="scope", description="Restate the goal, inputs and constraints.", type="analysis"
+            )
+        ]
+        for i, item in enumerate(items, 1):
+            steps.append(
+                Step(id=f"part-{i}", description=item, type=local_type(item), depends_on=["scope"])
+            )
+        steps.append(
+            Step(
+                id="integrate",
+                description="Combine the parts into one answer.",
+                type="summarization",
+                depends_on=[s.id for s in steps[1:]],
+            )
+        )
+        return Plan(steps=steps, source="planner")
+    steps = [
+        Step(
+            id="understand",
+            description="Restate the goal, constraints and success criteria of the task.",
+            type="analysis",
+        ),
+        Step(
+            id="options",
+            description="List the candidate approaches with their trade-offs.",
+            type="analysis",
+            depends_on=["understand"],
+        ),
+        Step(
+            id="risks",
+            description="Classify the main risks by likelihood and impact.",
+            type="classification",
+            depends_on=["understand"],
+        ),
+        Step(
+            id="plan",
+            description="Write the step-by-step plan, choosing among the "
+            "options and mitigating the risks.",
+            type="planning",
+            depends_on=["options", "risks"],
+        ),
+        Step(
+            id="summary",
+            description="Summarise the plan for a stakeholder in five lines.",
+            type="summarization",
+            depends_on=["plan"],
+        ),
+    ]
+    return Plan(steps=steps[:max_steps], source="planner")
+
+
+def parse_plan(text: str, max_steps: int) -> Plan:
+    """Validate a planner's JSON answer; raise PlanValidationError with the reason."""
+    match = re.search(r"\{.*\}", text, re.DOTALL)
+    if match is None:
+        raise PlanValidationError("no JSON object in the planner's answer")
+    try:
+        data = json.loads(match.group(0))
+    except json.JSONDecodeError as exc:
+        raise PlanValidationError(f"invalid JSON: {exc.msg}") from None
+    try:
+        plan = Plan.model_validate({**data, "source": "planner"})
+    except ValidationError as exc:
+        raise PlanValidationError(first_error(exc)) from None
+    validate_plan(plan, max_steps)
+    return plan
+
+
+class ModelPlanner:
+    """Asks the planning model for a plan; one repair attempt on an invalid answer."""
+
+    def __init__(self, model: ModelSpec, provider: Provider, seed: int = 0) -> None:
+        self.model = model
+        self.provider = provider
+        self.seed = seed
+        self.cost_usd = 0.0
+        self.tokens = 0
+
+    async def plan(self, task: Task) -> Plan:
+        max_steps = task.constraints.max_steps
+        problem = ""
+        for attempt in range(2):
+            prompt = f"\n\n## Task\n{task.description}\n\n## Limits\nAt most {max_steps} steps."
+            if attempt:
+                prompt += f"\n\n## Repair\nYour previous plan was rejected: {problem}."
+            req = ModelRequest(
+                model=self.model,
+                system=PLAN_SYSTEM.replace("MAX", str(max_steps)),
+                prompt=prompt,
+                json_mode=True,
+                max_tokens=PLAN_MAX_TOKENS,
+                purpose="plan",
+                step_type="planning",
+                seed=self.seed + attempt,
+            )
+            try:
+                resp = await self.provider.request(req)
+            except ProviderError as exc:
+                raise PlanningError(f"planning call to {self.model.id} failed: {exc}") from exc
+            self.cost_usd += call_cost(self.model, resp.usage)
+            self.tokens += resp.usage.total
+            try:
+                return parse_plan(resp.text, max_steps)
+            except PlanValidationError as exc:
+                problem = str(exc)
+        raise PlanningError(f"{self.model.id} returned an invalid plan twice ({problem})")

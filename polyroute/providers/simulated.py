@@ -1,0 +1,232 @@
+"""The simulated provider: offline, deterministic, and always says it is simulated.
+
+Token counts come from the real input; latency from the registry's typical figures scaled by
+``time_scale`` (so parallel steps overlap in wall time); JSON is valid when JSON is asked
+for, and classification and plans come from the local classifier and the local planner.
+Failures can be injected per model (429, 529, 500, timeout) to exercise retries and fallbacks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+from polyroute.errors import (
+    ConfigError,
+    OverloadedError,
+    ProviderError,
+    ProviderServerError,
+    ProviderTimeoutError,
+    RateLimitedError,
+)
+from polyroute.providers.base import ModelRequest, ModelResponse, register_provider
+from polyroute.schema import Usage
+from polyroute.tokens import IMAGE_TOKENS_DEFAULT, estimate_tokens
+
+FailureKind = Literal["429", "529", "500", "timeout"]
+FAILURE_KINDS: tuple[str, ...] = ("429", "529", "500", "timeout")
+SIMULATED_TAG = "[simulated]"
+CACHE_MIN_TOKENS = 1024
+
+# Typical answer lengths (output tokens) by step type: (low, high).
+_OUTPUT_RANGE: dict[str, tuple[int, int]] = {
+    "classification": (20, 80),
+    "extraction": (80, 250),
+    "qa": (60, 220),
+    "summarization": (150, 400),
+    "review": (250, 650),
+    "analysis": (250, 600),
+    "implementation": (350, 900),
+    "planning": (300, 700),
+    "vision": (120, 350),
+    "general": (150, 450),
+}
+
+_WORDS = (
+    "the step considers inputs constraints results evidence risk design module interface "
+    "test edge case latency budget cost model route handoff dependency summary finding "
+    "recommendation change function data schema error retry fallback window context"
+).split()
+
+
+def make_failure(kind: str, model: str) -> ProviderError:
+    """The error a provider raises for an injected failure kind."""
+    if kind == "429":
+        return RateLimitedError(f"{model}: 429 rate limited (simulated)", retry_after_s=0.01)
+    if kind == "529":
+        return OverloadedError(f"{model}: 529 overloaded_error (simulated)")
+    if kind == "500":
+        return ProviderServerError(f"{model}: 500 internal server error (simulated)")
+    if kind == "timeout":
+        return ProviderTimeoutError(f"{model}: read timeout (simulated)")
+    raise ConfigError(f"unknown failure kind {kind!r} (choose from {', '.join(FAILURE_KINDS)})")
+
+
+@dataclass
+class FailurePlan:
+    """Injected failures: per model, a queue of kinds for its next calls, or a rate."""
+
+    queued: dict[str, list[str]] = field(default_factory=dict)
+    rate: dict[str, tuple[str, float]] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, specs: list[str]) -> FailurePlan:
+        """From ``MODEL=KIND[xN]`` (next N calls fail) or ``MODEL=KIND@P`` (each with prob P)."""
+        plan = cls()
+        for spec in specs:
+            model, sep, rest = spec.partition("=")
+            if not sep or not model or not rest:
+                raise ConfigError(f"--fail {spec!r}: expected MODEL=KIND[xN] or MODEL=KIND@P")
+            if "@" in rest:
+                kind, _, p = rest.partition("@")
+                try:
+                    prob = float(p)
+                except ValueError:
+                    raise ConfigError(f"--fail {spec!r}: {p!r} is not a probability") from None
+                make_failure(kind, model)
+                plan.rate[model] = (kind, prob)
+                continue
+            kind, _, n = rest.partition("x")
+            make_failure(kind, model)
+            try:
+                count = int(n) if n else 1
+            except ValueError:
+                raise ConfigError(f"--fail {spec!r}: {n!r} is not a count") from None
+            plan.queued.setdefault(model, []).extend([kind] * count)
+        return plan
+
+    def next_failure(self, model: str, rng: random.Random) -> str | None:
+        queue = self.queued.get(model)
+        if queue:
+            return queue.pop(0)
+        if model in self.rate:
+            kind, prob = self.rate[model]
+            if rng.random() < prob:
+                return kind
+        return None
+
+
+PurposeHandler = Callable[[ModelRequest], str]
+
+
+class SimulatedProvider:
+    """A provider that answers offline, deterministically, and labels every answer."""
+
+    name = "simulated"
+
+    def __init__(
+        self,
+        seed: int = 0,
+        time_scale: float = 1.0,
+        failures: FailurePlan | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self.seed = seed
+        self.time_scale = time_scale
+        self.failures = failures or FailurePlan()
+        self._sleep = sleep
+        self._cached_prefixes: set[str] = set()
+        self._rng = random.Random(seed)
+        self.calls: list[ModelRequest] = []
+
+    def _rng_for(self, req: ModelRequest) -> random.Random:
+        key = f"{self.seed}|{req.seed}|{req.model.id}|{req.step_id}|{req.prompt}"
+        return random.Random(hashlib.sha256(key.encode()).digest())
+
+    async def request(self, req: ModelRequest) -> ModelResponse:
+        self.calls.append(req)
+        spec = req.model
+        failure = self.failures.next_failure(spec.id, self._rng)
+        if failure is not None:
+            await self._sleep(spec.latency.ttft_ms / 1000.0 * self.time_scale)
+            raise make_failure(failure, spec.id)
+
+        rng = self._rng_for(req)
+        prefix_tokens = round(estimate_tokens(req.prefix) * spec.token_factor)
+        rest_tokens = round(
+            estimate_tokens((req.system or "") + "\n" + req.prompt) * spec.token_factor
+        )
+        image_tokens = IMAGE_TOKENS_DEFAULT * len(req.images)
+        usage_in, cache_read, cache_write = rest_tokens + image_tokens, 0, 0
+        if prefix_tokens >= CACHE_MIN_TOKENS:
+            key = f"{spec.id}|{hashlib.sha256(req.prefix.encode()).hexdigest()}"
+            if key in self._cached_prefixes:
+                cache_read = prefix_tokens
+            else:
+                cache_write = prefix_tokens
+                self._cached_prefixes.add(key)
+        else:
+            usage_in += prefix_tokens
+
+        if req.purpose == "classify":
+            text = _classify_answer(req)
+        elif req.purpose == "plan":
+            text = _plan_answer(req)
+        else:
+            low, high = _OUTPUT_RANGE.get(req.step_type, _OUTPUT_RANGE["general"])
+            target = min(req.max_tokens, rng.randint(low, high))
+            text = _answer(req, target, rng)
+        out_tokens = min(req.max_tokens, max(1, round(estimate_tokens(text) * spec.token_factor)))
+        latency_ms = spec.latency.ttft_ms + 1000.0 * out_tokens / spec.latency.output_tokens_per_s
+        latency_ms *= rng.uniform(0.9, 1.1)
+        await self._sleep(latency_ms / 1000.0 * self.time_scale)
+        return ModelResponse(
+            text=text,
+            usage=Usage(
+                input_tokens=usage_in,
+                output_tokens=out_tokens,
+                cache_read_tokens=cache_read,
+                cache_write_tokens=cache_write,
+            ),
+            latency_ms=latency_ms * self.time_scale,
+            model=spec.id,
+            provider=self.name,
+            simulated=True,
+        )
+
+
+def _sentence(rng: random.Random) -> str:
+    words = [rng.choice(_WORDS) for _ in range(rng.randint(8, 16))]
+    return " ".join(words).capitalize() + "."
+
+
+def _answer(req: ModelRequest, target_tokens: int, rng: random.Random) -> str:
+    head = f"{SIMULATED_TAG} {req.model.id} on step {req.step_id or 'task'} ({req.step_type})."
+    if req.json_mode:
+        items: list[str] = []
+        doc = {"simulated": True, "model": req.model.id, "step": req.step_id, "findings": items}
+        while estimate_tokens(json.dumps(doc)) < target_tokens and len(items) < 200:
+            items.append(_sentence(rng))
+        return json.dumps(doc)
+    parts = [head]
+    while estimate_tokens(" ".join(parts)) < target_tokens:
+        parts.append(_sentence(rng))
+    return " ".join(parts)
+
+
+def _classify_answer(req: ModelRequest) -> str:
+    from polyroute.classify import ClassifyInput, LocalClassifier
+
+    task = req.prompt.split("\n\nImages attached:")[0].removeprefix("Task:\n")
+    images = 0
+    if "Images attached:" in req.prompt:
+        tail = req.prompt.split("Images attached:")[1].split()[0]
+        images = int(tail) if tail.isdigit() else 0
+    c = LocalClassifier().classify_sync(ClassifyInput(text=task, image_count=images))
+    return json.dumps({"type": c.type, "complexity": c.complexity, "needs_vision": c.needs_vision})
+
+
+def _plan_answer(req: ModelRequest) -> str:
+    from polyroute.planner import local_plan
+
+    task = req.prompt.split("\n\n## Task\n", 1)[-1].split("\n\n## ", 1)[0]
+    plan = local_plan(task)
+    return json.dumps({"steps": [s.to_wire() for s in plan.steps]})
+
+
+register_provider("simulated", SimulatedProvider)
