@@ -184,7 +184,7 @@ def parse_registry(data: Any, source: str) -> Registry:
 
 
 @lru_cache(maxsize=8)
-def _load_cached(path: str | None) -> Registry:
+def _load_cached(path: str | None, mtime: float = 0.0) -> Registry:
     if path is None:
         text = resources.files("polyroute.config").joinpath("models.yaml").read_text("utf-8")
         return parse_registry(yaml.safe_load(text), "models.yaml (built in)")
@@ -196,4 +196,14 @@ def load_registry(path: str | Path | None = None) -> Registry:
 
     Read once per process (and so once per Lambda container)."""
     chosen = path if path is not None else os.environ.get(MODELS_ENV) or None
-    return _load_cached(str(chosen) if chosen is not None else None)
+    if chosen is None:
+        return _load_cached(None)
+    return _load_cached(str(chosen), file_mtime(Path(chosen)))
+
+
+def file_mtime(path: Path) -> float:
+    """A file's modification time, so an edited file is read again; 0 if it is missing."""
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0

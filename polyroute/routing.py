@@ -21,7 +21,7 @@ from polyroute.errors import (
     NoEligibleModelError,
     PinnedModelError,
 )
-from polyroute.registry import ModelSpec, Registry, first_error
+from polyroute.registry import ModelSpec, Registry, file_mtime, first_error
 from polyroute.schema import (
     Candidate,
     Capability,
@@ -127,7 +127,7 @@ class Policy(BaseModel):
 
 
 @lru_cache(maxsize=8)
-def _load_policy(path: str | None) -> Policy:
+def _load_policy(path: str | None, mtime: float = 0.0) -> Policy:
     if path is None:
         text = resources.files("polyroute.config").joinpath("routing.yaml").read_text("utf-8")
         source = "routing.yaml (built in)"
@@ -152,7 +152,9 @@ def load_policy(path: str | Path | None = None) -> Policy:
     import os
 
     chosen = path if path is not None else os.environ.get(ROUTING_ENV) or None
-    return _load_policy(str(chosen) if chosen is not None else None)
+    if chosen is None:
+        return _load_policy(None)
+    return _load_policy(str(chosen), file_mtime(Path(chosen)))
 
 
 @dataclass(frozen=True)
