@@ -152,9 +152,15 @@ def _render(sections: Sequence[_Section], cacheable: bool) -> str:
 
 
 def build_sections(
-    handoff: AgentHandoff, step: Step, documents: Sequence[Document] = ()
+    handoff: AgentHandoff,
+    step: Step,
+    documents: Sequence[Document] = (),
+    shared_facts: frozenset[str] | None = None,
 ) -> list[_Section]:
-    """Every part of a step's input, most important first."""
+    """Every part of a step's input, most important first.
+
+    Facts named in ``shared_facts`` (all, when None) are the same for every step of a run and
+    go in the cacheable prefix; the others are the step's own."""
     by_agent = {c.agent_id: c for c in handoff.completed_steps}
     query = _words(step.description + " " + handoff.original_task)
     sections = [
@@ -182,7 +188,14 @@ def build_sections(
         key=lambda kv: -_relevance(f"{kv[0]} {_as_text(kv[1])}", query),
     )
     sections.extend(
-        _Section(f"fact:{k}", f"Fact: {k}", _as_text(v), True, "fact") for k, v in facts
+        _Section(
+            f"fact:{k}",
+            f"Fact: {k}",
+            _as_text(v),
+            shared_facts is None or k in shared_facts,
+            "fact",
+        )
+        for k, v in facts
     )
     return sections
 
@@ -192,10 +205,11 @@ def compress(
     step: Step,
     budget_tokens: int,
     documents: Sequence[Document] = (),
+    shared_facts: frozenset[str] | None = None,
 ) -> CompressedInput:
     """The step's input, cut to ``budget_tokens`` (by this project's estimator)."""
     budget = max(MIN_BUDGET, budget_tokens)
-    sections = build_sections(handoff, step, documents)
+    sections = build_sections(handoff, step, documents, shared_facts)
     query = _words(step.description + " " + handoff.original_task)
     full = _measure(sections)
     if full <= budget:

@@ -57,6 +57,8 @@ STEP_SYSTEM = (
     "results of the steps it depends on and the facts given. Be concise and concrete."
 )
 FACT_CHARS = 280
+# A step sees the facts of at most this many of its nearest indirect ancestors.
+MAX_STEP_FACTS = 16
 
 ProviderFor = Callable[[ModelSpec], Provider]
 
@@ -117,6 +119,7 @@ class Run:
         self.classifier_cost = 0.0
         self.providers: dict[str, str] = {}
         self.simulated = False
+        self.deps: dict[str, list[str]] = {}
 
     def time_left_s(self) -> float | None:
         left = self.budget.time_left_ms(self.cfg.clock())
@@ -204,6 +207,7 @@ class Engine:
             for s in plan.steps
         }
         run.handoff.remaining_steps = [s.id for s in plan.steps]
+        run.deps = {s.id: list(s.depends_on) for s in plan.steps}
         await self._run_graph(run, plan, states, mat, classification)
         return self._result(run, plan, states, classification)
 
@@ -281,6 +285,32 @@ class Engine:
                 elif st.result.status == "cancelled":
                     st.result.finished_at = st.result.finished_at or now
 
+    def step_handoff(self, run: Run, step: Step) -> AgentHandoff:
+        """The handoff a step receives: its dependencies' results, the task's own facts and
+        the facts of its nearest ancestors, never the whole history."""
+        done = {c.agent_id: c for c in run.handoff.completed_steps}
+        facts = {k: run.handoff.current_context[k] for k in run.task.context}
+        seen: set[str] = set(step.depends_on)
+        frontier = list(step.depends_on)
+        while frontier and len(facts) < len(run.task.context) + MAX_STEP_FACTS:
+            nxt: list[str] = []
+            for sid in frontier:
+                for dep in run.deps.get(sid, ()):
+                    if dep not in seen:
+                        seen.add(dep)
+                        nxt.append(dep)
+                        if dep in run.handoff.current_context:
+                            facts[dep] = run.handoff.current_context[dep]
+            frontier = nxt
+        return AgentHandoff(
+            task_id=run.task_id,
+            original_task=run.task.description,
+            completed_steps=[done[d] for d in step.depends_on if d in done],
+            current_context=facts,
+            remaining_steps=[],
+            constraints=run.task.constraints,
+        )
+
     def step_inputs(
         self, run: Run, state: _StepState, mat: Materialized
     ) -> tuple[list[Document], tuple[ImageInput, ...], int]:
@@ -336,11 +366,17 @@ class Engine:
     ) -> None:
         step, res = state.step, state.result
         docs, images, image_tokens = self.step_inputs(run, state, mat)
-        sections = build_sections(run.handoff, step, docs)
+        view = self.step_handoff(run, step)
+        shared = frozenset(run.task.context)
+        sections = build_sections(view, step, docs, shared)
         full_tokens = sum(estimate_tokens(s.text) + 8 for s in sections)
         input_tokens = full_tokens + image_tokens + estimate_tokens(STEP_SYSTEM)
         if single:
-            classification = task_class.model_copy(update={"token_count": input_tokens})
+            # The task's own classification, but a given step's explicit type wins.
+            step_type = step.type if step.type != "general" else task_class.type
+            classification = task_class.model_copy(
+                update={"token_count": input_tokens, "type": step_type}
+            )
         else:
             classification = self.local_classifier.classify_sync(
                 ClassifyInput(
@@ -427,7 +463,9 @@ class Engine:
         step, res = state.step, state.result
         window = self.router.window_tokens(spec)
         budget_tokens = window - image_tokens - estimate_tokens(STEP_SYSTEM)
-        packed = compress(run.handoff, step, budget_tokens, docs)
+        packed = compress(
+            self.step_handoff(run, step), step, budget_tokens, docs, frozenset(run.task.context)
+        )
         out_tokens = min(
             step.max_output_tokens or self.cfg.policy.default_output_tokens,
             spec.max_output_tokens,

@@ -34,7 +34,7 @@ from polyroute.schema import (
 ROUTING_ENV = "POLYROUTE_ROUTING"
 
 # Why a model was not eligible: None (it was), the window, the budget or time, or else.
-Kind = Literal["window", "budget", "other"] | None
+Kind = Literal["window", "budget", "time", "other"] | None
 
 
 class Condition(BaseModel):
@@ -228,7 +228,7 @@ class Router:
                     f"typical {latency / 1000:.1f}s exceeds the "
                     f"{req.time_left_ms / 1000:.1f}s left",
                     est_cost,
-                    "budget",
+                    "time",
                 )
         window = self.window_tokens(spec)
         if req.input_tokens > window:
@@ -321,6 +321,15 @@ class Router:
                 f"input of {req.input_tokens:,} tokens exceeds every eligible window; "
                 f"{spec.id} has the largest, and the input is compressed to fit",
             )
+        time_only = [self.registry.models[m] for m, (_, _, k) in checks.items() if k == "time"]
+        if time_only:
+            spec = min(time_only, key=lambda s: (s.estimated_latency_ms(out_tokens), s.id))
+            return decision(
+                spec,
+                "fastest",
+                f"no model is expected to finish in the {(req.time_left_ms or 0) / 1000:.1f}s "
+                f"left; {spec.id} is the fastest eligible one",
+            )
         reasons = "; ".join(f"{m}: {why}" for m, (why, _, _) in checks.items())
         if any(kind == "budget" for _, _, kind in checks.values()):
             raise BudgetExceededError(f"no model fits the budget left ({reasons})")
@@ -334,7 +343,7 @@ class Router:
         others = [
             self.registry.models[m]
             for m, (why, _, kind) in checks.items()
-            if m != chosen.id and (why is None or kind == "window")
+            if m != chosen.id and (why is None or kind in ("window", "time"))
         ]
         others.sort(
             key=lambda s: (abs(math.log(s.price.input + s.price.output + 1e-9) - base), s.id)

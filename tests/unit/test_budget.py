@@ -59,7 +59,9 @@ def test_parallel_steps_never_overspend_together(
         except BudgetExceededError:
             return
         await asyncio.sleep(0)
-        assert b.tokens_used + (limit_tokens - b.tokens_used - (b.tokens_left() or 0)) <= limit_tokens
+        assert (
+            b.tokens_used + (limit_tokens - b.tokens_used - (b.tokens_left() or 0)) <= limit_tokens
+        )
         await asyncio.sleep(0)
         b.settle(res, int(tokens * used_share), cost * used_share)
 

@@ -9,8 +9,16 @@ from polyroute.tokens import estimate_tokens
 
 
 def done(step_id: str, result: str) -> CompletedStep:
-    return CompletedStep(agent_id=step_id, model="m", action="a", result=result,
-                         confidence=0.9, duration_ms=1, tokens_used=1, cost_usd=0.0)
+    return CompletedStep(
+        agent_id=step_id,
+        model="m",
+        action="a",
+        result=result,
+        confidence=0.9,
+        duration_ms=1,
+        tokens_used=1,
+        cost_usd=0.0,
+    )
 
 
 def handoff(results: dict[str, str], facts: dict[str, str] | None = None) -> AgentHandoff:
@@ -42,8 +50,7 @@ def test_most_relevant_facts_survive_a_cut() -> None:
     facts = {f"noise-{i}": "weather football recipes gardening " * 20 for i in range(30)}
     facts["security-finding"] = "SQL injection in the payments refund query"
     h = handoff({}, facts)
-    out = compress(h, Step(id="s", description="Summarise the security finding in payments"),
-                   200)
+    out = compress(h, Step(id="s", description="Summarise the security finding in payments"), 200)
     assert out.tokens <= 200
     assert "SQL injection" in out.prefix
     assert out.dropped
@@ -83,8 +90,9 @@ def test_the_result_always_fits_the_budget(
         completed_steps=[done(f"s{i}", r) for i, r in enumerate(results)],
         current_context=facts,
     )
-    step = Step(id="x", description=task[:300] or "x",
-                depends_on=[f"s{i}" for i in range(len(results))])
+    step = Step(
+        id="x", description=task[:300] or "x", depends_on=[f"s{i}" for i in range(len(results))]
+    )
     out = compress(h, step, budget, [Document("doc", doc)] if doc else [])
     effective = max(budget, 8)
     assert out.tokens <= effective

@@ -77,7 +77,9 @@ def test_waves_respect_every_dependency(edges: dict[str, list[str]]) -> None:
 
 @settings(max_examples=150, deadline=None)
 @given(dags(), st.data())
-def test_adding_a_back_edge_is_always_caught(edges: dict[str, list[str]], data: st.DataObject) -> None:
+def test_adding_a_back_edge_is_always_caught(
+    edges: dict[str, list[str]], data: st.DataObject
+) -> None:
     p = plan(edges)
     path, _ = critical_path(p)
     if len(path) < 2:

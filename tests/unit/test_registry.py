@@ -84,8 +84,15 @@ def _user_registry(tmp_path: Path, **change: object) -> Path:
 def test_user_file_overrides_by_flag_and_environment(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    path = _user_registry(tmp_path, tiers={"reasoning": "gpt-4o", "balanced": "gpt-4o",
-                                           "fast": "gpt-4o-mini", "cheap_vision": "gpt-4o-mini"})
+    path = _user_registry(
+        tmp_path,
+        tiers={
+            "reasoning": "gpt-4o",
+            "balanced": "gpt-4o",
+            "fast": "gpt-4o-mini",
+            "cheap_vision": "gpt-4o-mini",
+        },
+    )
     assert load_registry(path).tier("reasoning").id == "gpt-4o"
     monkeypatch.setenv("POLYROUTE_MODELS", str(path))
     assert load_registry().tier("reasoning").id == "gpt-4o"
@@ -97,12 +104,19 @@ def test_a_bad_registry_names_the_file_and_field(tmp_path: Path) -> None:
         load_registry(path)
     with pytest.raises(ConfigError, match="context_window"):
         parse_registry(
-            {"tiers": {}, "models": {"m": {"api_id": "m", "provider": "x",
-                                           "max_output_tokens": 1, "price_source": "s",
-                                           "price_as_of": "2026-01-01",
-                                           "price": {"input": 1, "output": 1,
-                                                     "cache_read": 1, "cache_write": 1},
-                                           "latency": {"ttft_ms": 1,
-                                                       "output_tokens_per_s": 1}}}},
+            {
+                "tiers": {},
+                "models": {
+                    "m": {
+                        "api_id": "m",
+                        "provider": "x",
+                        "max_output_tokens": 1,
+                        "price_source": "s",
+                        "price_as_of": "2026-01-01",
+                        "price": {"input": 1, "output": 1, "cache_read": 1, "cache_write": 1},
+                        "latency": {"ttft_ms": 1, "output_tokens_per_s": 1},
+                    }
+                },
+            },
             "test",
         )

@@ -25,8 +25,12 @@ def req(
     vision: bool = False,
     **kw: object,
 ) -> RouteRequest:
-    c = Classification(type=type_, complexity=complexity, needs_vision=vision,  # type: ignore[arg-type]
-                       token_count=tokens)
+    c = Classification(
+        type=type_,
+        complexity=complexity,
+        needs_vision=vision,  # type: ignore[arg-type]
+        token_count=tokens,
+    )
     return RouteRequest(classification=c, input_tokens=tokens, today=kw.pop("today", DAY), **kw)  # type: ignore[arg-type]
 
 

@@ -33,16 +33,30 @@ def test_attachment_needs_exactly_one_source() -> None:
 def test_handoff_fields_are_the_designed_ones() -> None:
     wire = AgentHandoff(task_id="t", original_task="do it").to_wire()
     assert set(wire) == {
-        "schemaVersion", "taskId", "originalTask", "completedSteps", "currentContext",
-        "remainingSteps", "constraints",
+        "schemaVersion",
+        "taskId",
+        "originalTask",
+        "completedSteps",
+        "currentContext",
+        "remainingSteps",
+        "constraints",
     }
     assert set(wire["constraints"]) >= {"maxSteps", "maxTokenBudget", "maxCostUsd", "deadline"}
 
 
 def test_json_schemas_cover_the_contract() -> None:
     schemas = json_schemas()
-    for name in ("Task", "Plan", "Step", "Classification", "RouteDecision", "Usage",
-                 "CompletedStep", "AgentHandoff", "RunResult"):
+    for name in (
+        "Task",
+        "Plan",
+        "Step",
+        "Classification",
+        "RouteDecision",
+        "Usage",
+        "CompletedStep",
+        "AgentHandoff",
+        "RunResult",
+    ):
         assert name in schemas
     assert "dependsOn" in schemas["Step"]["properties"]
     assert "completedSteps" in schemas["AgentHandoff"]["properties"]

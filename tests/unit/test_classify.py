@@ -1,0 +1,73 @@
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from polyroute.classify import ClassifyInput, ModelClassifier, local_type, parse_model_answer
+from polyroute.errors import ClassificationError
+from polyroute.providers.base import ModelRequest, ModelResponse
+from polyroute.registry import load_registry
+from polyroute.schema import Usage
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("Plan the migration of the billing service", "planning"),
+        ("Implement a function that parses ISO dates", "implementation"),
+        ("Classify this support ticket by urgency", "classification"),
+        ("Summarize the attached report", "summarization"),
+        ("Extract the invoice number and total", "extraction"),
+        ("Review this pull request", "review"),
+        ("What is the capital of France?", "qa"),
+        ("Tell me a story", "general"),
+    ],
+)
+def test_local_type_rules(text: str, expected: str) -> None:
+    assert local_type(text) == expected
+
+
+class ScriptedProvider:
+    name = "scripted"
+
+    def __init__(self, answers: list[str]) -> None:
+        self.answers = answers
+        self.requests: list[ModelRequest] = []
+
+    async def request(self, req: ModelRequest) -> ModelResponse:
+        self.requests.append(req)
+        return ModelResponse(
+            text=self.answers.pop(0),
+            usage=Usage(input_tokens=2000, output_tokens=20),
+            latency_ms=1.0,
+            model=req.model.id,
+            provider=self.name,
+        )
+
+
+def test_model_classifier_retries_once_on_invalid_json_then_succeeds() -> None:
+    haiku = load_registry().get("claude-haiku-4-5")
+    provider = ScriptedProvider(["not json", '{"type": "planning", "complexity": "high"}'])
+    result = asyncio.run(ModelClassifier(haiku, provider).classify(ClassifyInput("x")))
+    assert (result.type, result.complexity) == ("planning", "high")
+    assert len(provider.requests) == 2
+    assert all(r.max_tokens == 100 and r.json_mode for r in provider.requests)
+    assert "rejected" in provider.requests[1].prompt
+    # two calls of 2,000 in + 20 out on Haiku 4.5
+    assert result.cost_usd == pytest.approx(2 * (2000 * 1 + 20 * 5) / 1e6)
+    assert result.classifier == "model:claude-haiku-4-5"
+
+
+def test_model_classifier_gives_a_clear_error_after_two_bad_answers() -> None:
+    haiku = load_registry().get("claude-haiku-4-5")
+    provider = ScriptedProvider(['{"type": "poetry", "complexity": "low"}', "{}"])
+    with pytest.raises(ClassificationError, match="invalid classification JSON twice"):
+        asyncio.run(ModelClassifier(haiku, provider).classify(ClassifyInput("x")))
+
+
+def test_parse_model_answer_accepts_camel_case_and_surrounding_text() -> None:
+    ans = parse_model_answer('Sure: {"type": "qa", "complexity": "low", "needsVision": true}')
+    assert ans.needs_vision is True
+    with pytest.raises(ValueError, match="complexity"):
+        parse_model_answer('{"type": "qa", "complexity": "extreme"}')
