@@ -19,7 +19,7 @@ from typing import Any
 
 from polyroute.budget import Budget
 from polyroute.classify import ClassifyInput, LocalClassifier, ModelClassifier
-from polyroute.compress import Document, build_sections, compress
+from polyroute.compress import Document, build_sections, compress, measure_sections
 from polyroute.cost import call_cost, savings_pct
 from polyroute.errors import (
     BudgetExceededError,
@@ -56,6 +56,7 @@ STEP_SYSTEM = (
     "You are one agent in a multi-model pipeline. Do only your step, using the task, the "
     "results of the steps it depends on and the facts given. Be concise and concrete."
 )
+SYSTEM_TOKENS = estimate_tokens(STEP_SYSTEM)
 FACT_CHARS = 280
 # A step sees the facts of at most this many of its nearest indirect ancestors.
 MAX_STEP_FACTS = 16
@@ -369,8 +370,7 @@ class Engine:
         view = self.step_handoff(run, step)
         shared = frozenset(run.task.context)
         sections = build_sections(view, step, docs, shared)
-        full_tokens = sum(estimate_tokens(s.text) + 8 for s in sections)
-        input_tokens = full_tokens + image_tokens + estimate_tokens(STEP_SYSTEM)
+        input_tokens = measure_sections(sections) + image_tokens + SYSTEM_TOKENS
         if single:
             # The task's own classification, but a given step's explicit type wins.
             step_type = step.type if step.type != "general" else task_class.type
@@ -462,7 +462,7 @@ class Engine:
         """One model, with retries. None on success; the error when it should fall back."""
         step, res = state.step, state.result
         window = self.router.window_tokens(spec)
-        budget_tokens = window - image_tokens - estimate_tokens(STEP_SYSTEM)
+        budget_tokens = window - image_tokens - SYSTEM_TOKENS
         packed = compress(
             self.step_handoff(run, step), step, budget_tokens, docs, frozenset(run.task.context)
         )
@@ -470,9 +470,7 @@ class Engine:
             step.max_output_tokens or self.cfg.policy.default_output_tokens,
             spec.max_output_tokens,
         )
-        billed_in = round(
-            (packed.tokens + image_tokens + estimate_tokens(STEP_SYSTEM)) * spec.token_factor
-        )
+        billed_in = round((packed.tokens + image_tokens + SYSTEM_TOKENS) * spec.token_factor)
         worst = call_cost(spec, Usage(input_tokens=billed_in, output_tokens=out_tokens))
         reservation = run.budget.reserve(step.id, billed_in + out_tokens, worst, self.cfg.clock())
         provider = self.cfg.provider_for(spec)

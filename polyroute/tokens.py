@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import re
+from functools import lru_cache
 
 # Words, numbers, runs of whitespace, and single other characters, as a BPE pre-tokenizer
 # splits them.
@@ -22,6 +23,7 @@ IMAGE_TOKENS_DEFAULT = 1600
 _MARGIN = 1.05
 
 
+@lru_cache(maxsize=4096)
 def estimate_tokens(text: str) -> int:
     """Estimated tokens of ``text`` (never below a real BPE count by more than 10%)."""
     if not text:

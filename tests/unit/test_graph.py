@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -90,5 +92,5 @@ def test_adding_a_back_edge_is_always_caught(
         validate_plan(plan(edges), 100)
     names = str(err.value).removeprefix("cycle: ").split(" -> ")
     assert names[0] == names[-1]
-    for a, b in zip(names, names[1:], strict=False):
+    for a, b in itertools.pairwise(names):
         assert a in edges[b], f"{b} does not depend on {a}"
