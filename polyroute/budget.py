@@ -11,8 +11,10 @@ import threading
 from dataclasses import dataclass
 from datetime import datetime
 
+from pydantic import Field
+
 from polyroute.errors import BudgetExceededError, DeadlineExceededError
-from polyroute.schema import BudgetReport, Constraints
+from polyroute.schema import SCHEMA_VERSION, BudgetReport, Constraints, WireModel
 
 
 @dataclass(frozen=True)
@@ -23,6 +25,33 @@ class Reservation:
     tokens: int
     cost_usd: float
     counts_step: bool
+
+
+class ReservationState(WireModel):
+    """A reservation as it travels in a serialised budget."""
+
+    step_id: str
+    tokens: int = Field(ge=0)
+    cost_usd: float = Field(ge=0.0)
+    counts_step: bool = True
+
+    def reservation(self) -> Reservation:
+        return Reservation(self.step_id, self.tokens, self.cost_usd, self.counts_step)
+
+
+class BudgetState(WireModel):
+    """A budget serialised between functions (Step Functions): limits, use and the
+    reservations still held, so a later function settles what an earlier one reserved."""
+
+    schema_version: str = SCHEMA_VERSION
+    max_steps: int
+    max_tokens: int | None = None
+    max_cost_usd: float | None = None
+    deadline: datetime | None = None
+    steps_used: int = 0
+    tokens_used: int = 0
+    cost_used_usd: float = 0.0
+    reservations: list[ReservationState] = Field(default_factory=list)
 
 
 class Budget:
@@ -121,6 +150,50 @@ class Budget:
         with self._lock:
             self.tokens_used += tokens
             self.cost_used_usd += cost_usd
+
+    def to_state(self, held: list[Reservation] | None = None) -> BudgetState:
+        """The budget as a serialisable model; ``held`` are the reservations still open."""
+        with self._lock:
+            return BudgetState(
+                max_steps=self.max_steps,
+                max_tokens=self.max_tokens,
+                max_cost_usd=self.max_cost_usd,
+                deadline=self.deadline,
+                steps_used=self.steps_used,
+                tokens_used=self.tokens_used,
+                cost_used_usd=self.cost_used_usd,
+                reservations=[
+                    ReservationState(
+                        step_id=r.step_id,
+                        tokens=r.tokens,
+                        cost_usd=r.cost_usd,
+                        counts_step=r.counts_step,
+                    )
+                    for r in held or []
+                ],
+            )
+
+    @classmethod
+    def from_state(cls, state: BudgetState) -> tuple[Budget, list[Reservation]]:
+        """The budget a ``BudgetState`` describes, and its open reservations (still held)."""
+        budget = cls(
+            Constraints(
+                max_steps=state.max_steps,
+                max_token_budget=state.max_tokens,
+                max_cost_usd=state.max_cost_usd,
+            ),
+            deadline=state.deadline,
+        )
+        budget.steps_used = state.steps_used
+        budget.tokens_used = state.tokens_used
+        budget.cost_used_usd = state.cost_used_usd
+        held = [r.reservation() for r in state.reservations]
+        for r in held:
+            budget._reserved_tokens += r.tokens
+            budget._reserved_cost += r.cost_usd
+            if r.counts_step:
+                budget._reserved_steps += 1
+        return budget, held
 
     def report(self) -> BudgetReport:
         """Limits and use, for the run result."""

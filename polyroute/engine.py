@@ -12,14 +12,20 @@ import asyncio
 import random
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from polyroute.budget import Budget
 from polyroute.classify import ClassifyInput, LocalClassifier, ModelClassifier
-from polyroute.compress import Document, build_sections, compress, measure_sections
+from polyroute.compress import (
+    CompressedInput,
+    Document,
+    build_sections,
+    compress,
+    measure_sections,
+)
 from polyroute.cost import call_cost, savings_pct
 from polyroute.errors import (
     BudgetExceededError,
@@ -31,12 +37,13 @@ from polyroute.errors import (
 from polyroute.execute import RetriesExhaustedError, RetryPolicy, call_with_retries
 from polyroute.graph import critical_path, validate_plan, waves
 from polyroute.planner import ModelPlanner, needs_planner, single_step_plan
-from polyroute.providers.base import ImageInput, ModelRequest, Provider
+from polyroute.providers.base import ImageInput, ModelRequest, ModelResponse, Provider
 from polyroute.registry import ModelSpec, Registry
 from polyroute.routing import Policy, Router, RouteRequest
 from polyroute.schema import (
     AgentHandoff,
     Baseline,
+    BudgetReport,
     Capability,
     Classification,
     CompletedStep,
@@ -287,30 +294,8 @@ class Engine:
                     st.result.finished_at = st.result.finished_at or now
 
     def step_handoff(self, run: Run, step: Step) -> AgentHandoff:
-        """The handoff a step receives: its dependencies' results, the task's own facts and
-        the facts of its nearest ancestors, never the whole history."""
-        done = {c.agent_id: c for c in run.handoff.completed_steps}
-        facts = {k: run.handoff.current_context[k] for k in run.task.context}
-        seen: set[str] = set(step.depends_on)
-        frontier = list(step.depends_on)
-        while frontier and len(facts) < len(run.task.context) + MAX_STEP_FACTS:
-            nxt: list[str] = []
-            for sid in frontier:
-                for dep in run.deps.get(sid, ()):
-                    if dep not in seen:
-                        seen.add(dep)
-                        nxt.append(dep)
-                        if dep in run.handoff.current_context:
-                            facts[dep] = run.handoff.current_context[dep]
-            frontier = nxt
-        return AgentHandoff(
-            task_id=run.task_id,
-            original_task=run.task.description,
-            completed_steps=[done[d] for d in step.depends_on if d in done],
-            current_context=facts,
-            remaining_steps=[],
-            constraints=run.task.constraints,
-        )
+        """The handoff a step receives (see ``step_view``)."""
+        return step_view(run.handoff, run.task, run.deps, step)
 
     def step_inputs(
         self, run: Run, state: _StepState, mat: Materialized
@@ -351,11 +336,8 @@ class Engine:
         finally:
             res.finished_at = self.cfg.clock()
             res.duration_ms = round((time.perf_counter() - t0) * 1000)
-        if res.status == "succeeded" and state.completed is not None:
-            run.handoff.completed_steps.append(state.completed)
-            run.handoff.current_context[step.id] = _fact(state.output)
-        if step.id in run.handoff.remaining_steps:
-            run.handoff.remaining_steps.remove(step.id)
+        ok = res.status == "succeeded" and state.completed is not None
+        merge_step(run.handoff, step.id, state.completed if ok else None, state.output)
 
     async def _route_and_call(
         self,
@@ -368,45 +350,11 @@ class Engine:
         step, res = state.step, state.result
         docs, images, image_tokens = self.step_inputs(run, state, mat)
         view = self.step_handoff(run, step)
-        shared = frozenset(run.task.context)
-        sections = build_sections(view, step, docs, shared)
-        input_tokens = measure_sections(sections) + image_tokens + SYSTEM_TOKENS
-        if single:
-            # The task's own classification, but a given step's explicit type wins.
-            step_type = step.type if step.type != "general" else task_class.type
-            classification = task_class.model_copy(
-                update={"token_count": input_tokens, "type": step_type}
-            )
-        else:
-            classification = self.local_classifier.classify_sync(
-                ClassifyInput(
-                    text=step.description,
-                    type_hint=step.type,
-                    image_count=len(images),
-                )
-            ).model_copy(update={"token_count": input_tokens})
-        required: set[Capability] = set(step.needs)
-        if step.output == "json":
-            required.add("json_mode")
-        if images:
-            required.add("vision")
-        left_ms = run.budget.time_left_ms(self.cfg.clock())
-        if left_ms is not None and left_ms <= 0:
-            raise DeadlineExceededError("deadline passed before the step could start")
-        if run.budget.steps_left() < 1:
-            raise BudgetExceededError(f"maxSteps={run.budget.max_steps} reached")
-        decision = self.engine_route(
-            RouteRequest(
-                classification=classification,
-                input_tokens=input_tokens,
-                output_tokens=step.max_output_tokens,
-                required=frozenset(required),
-                pinned=step.model,
-                cost_left_usd=run.budget.cost_left_usd(),
-                tokens_left=run.budget.tokens_left(),
-                time_left_ms=left_ms,
-                today=run.today(),
-            )
+        inp = step_input(
+            view, step, docs, images, image_tokens, task_class, single, self.local_classifier
+        )
+        decision = route_step(
+            self.engine_route, step, inp, run.budget, self.cfg.clock(), run.today()
         )
         state.decision = decision
         res.model, res.rule, res.reason = decision.model, decision.rule, decision.reason
@@ -417,14 +365,10 @@ class Engine:
             spec = self.cfg.registry.get(model_id)
             if i > 0:
                 # Re-check the fallback against what is left now, with its own window.
-                ok = self._fallback_ok(spec, decision, run, required)
-                if not ok:
+                if not fallback_ok(spec, decision, run.today(), inp.required):
                     continue
                 res.fallback_from = res.fallback_from or decision.model
-                res.reason = (
-                    f"{decision.reason}; fell back from {chain[0]} after "
-                    f"{type(last_error).__name__ if last_error else 'failure'}"
-                )
+                res.reason = fallback_reason(decision, chain[0], last_error)
             done = await self._call_model(run, state, spec, docs, images, image_tokens)
             if done is None:
                 return
@@ -435,20 +379,6 @@ class Engine:
     def engine_route(self, req: RouteRequest) -> RouteDecision:
         """Route one step (a seam for tests and the Step Functions router)."""
         return self.router.route(req)
-
-    def _fallback_ok(
-        self,
-        spec: ModelSpec,
-        decision: RouteDecision,
-        run: Run,
-        required: set[Capability],
-    ) -> bool:
-        if spec.is_retired(run.today()):
-            return False
-        needs = set(required)
-        if decision.classification.needs_vision:
-            needs.add("vision")
-        return needs <= spec.capabilities
 
     async def _call_model(
         self,
@@ -461,33 +391,22 @@ class Engine:
     ) -> ProviderError | None:
         """One model, with retries. None on success; the error when it should fall back."""
         step, res = state.step, state.result
-        window = self.router.window_tokens(spec)
-        budget_tokens = window - image_tokens - SYSTEM_TOKENS
-        packed = compress(
-            self.step_handoff(run, step), step, budget_tokens, docs, frozenset(run.task.context)
+        packed = pack_step(
+            self.router,
+            self.cfg.policy,
+            self.step_handoff(run, step),
+            step,
+            spec,
+            docs,
+            image_tokens,
+            frozenset(run.task.context),
         )
-        out_tokens = min(
-            step.max_output_tokens or self.cfg.policy.default_output_tokens,
-            spec.max_output_tokens,
+        reservation = run.budget.reserve(
+            step.id, packed.reserve_tokens, packed.worst_cost_usd, self.cfg.clock()
         )
-        billed_in = round((packed.tokens + image_tokens + SYSTEM_TOKENS) * spec.token_factor)
-        worst = call_cost(spec, Usage(input_tokens=billed_in, output_tokens=out_tokens))
-        reservation = run.budget.reserve(step.id, billed_in + out_tokens, worst, self.cfg.clock())
         provider = self.cfg.provider_for(spec)
         run.providers[spec.id] = provider.name
-        req = ModelRequest(
-            model=spec,
-            system=STEP_SYSTEM,
-            prefix=packed.prefix,
-            prompt=packed.prompt,
-            images=images,
-            json_mode=step.output == "json",
-            max_tokens=out_tokens,
-            purpose="execute",
-            step_id=step.id,
-            step_type=step.type,
-            seed=self.cfg.seed,
-        )
+        req = model_request(spec, step, packed.input, images, packed.out_tokens, self.cfg.seed)
         try:
             call = await call_with_retries(
                 provider, req, self.cfg.retry, run.rng, run.time_left_s, self.cfg.sleep
@@ -504,22 +423,9 @@ class Engine:
         cost = call_cost(spec, resp.usage)
         run.budget.settle(reservation, resp.usage.total, cost)
         run.simulated = run.simulated or resp.simulated
-        res.attempts += call.attempts
-        res.model = spec.id
-        res.provider = resp.provider
-        res.simulated = resp.simulated
-        res.usage = resp.usage
-        res.cost_usd = round(cost, 8)
         state.output = resp.text
-        state.completed = CompletedStep(
-            agent_id=step.id,
-            model=spec.id,
-            action=step.description[:200],
-            result=resp.text,
-            confidence=_confidence(resp.stop_reason, packed.compressed, res.fallback_from),
-            duration_ms=round(resp.latency_ms),
-            tokens_used=resp.usage.total,
-            cost_usd=round(cost, 8),
+        state.completed = record_success(
+            res, step, spec, resp, packed.input.compressed, call.attempts
         )
         return None
 
@@ -532,55 +438,308 @@ class Engine:
         states: dict[str, _StepState],
         classification: Classification,
     ) -> RunResult:
-        results = [states[s.id].result for s in plan.steps]
-        usage = sum((r.usage for r in results), Usage())
-        routed = sum(r.cost_usd for r in results)
-        used_models = sorted({r.model for r in results if r.model and r.status == "succeeded"})
-        if used_models:
-            base_spec = self.cfg.registry.most_expensive(used_models)
-            baseline_cost = sum(
-                call_cost(base_spec, r.usage) for r in results if r.status == "succeeded"
-            )
-        else:
-            base_spec = self.cfg.registry.tier("reasoning")
-            baseline_cost = 0.0
-        total_routed = routed + run.classifier_cost
-        durations = {r.step_id: float(r.duration_ms) for r in results}
-        path, length = critical_path(plan, lambda s: durations.get(s.id, 0.0))
-        ok = sum(r.status == "succeeded" for r in results)
-        status = "succeeded" if ok == len(results) else ("partial" if ok else "failed")
-        finished = self.cfg.clock()
-        return RunResult(
+        return build_result(
+            self.cfg.registry,
             task_id=run.task_id,
-            status=status,
+            plan=plan,
+            results=[states[s.id].result for s in plan.steps],
+            classification=classification,
             stop_reason=run.stop_reason,
             simulated=run.simulated,
             providers=run.providers,
-            classification=classification,
-            plan_source=plan.source,
-            waves=waves(plan),
-            critical_path=path,
-            steps=results,
-            totals=Totals(
-                cost_usd=round(total_routed, 8),
-                input_tokens=usage.input_tokens,
-                output_tokens=usage.output_tokens,
-                cache_read_tokens=usage.cache_read_tokens,
-                cache_write_tokens=usage.cache_write_tokens,
-                duration_ms=round((finished - run.started).total_seconds() * 1000),
-                critical_path_ms=round(length),
-                classifier_cost_usd=round(run.classifier_cost, 8),
-            ),
-            baseline=Baseline(model=base_spec.id, cost_usd=round(baseline_cost, 8)),
-            savings_pct=savings_pct(total_routed, baseline_cost),
+            classifier_cost=run.classifier_cost,
             budgets=run.budget.report(),
             handoff=run.handoff,
-            started_at=run.started,
-            finished_at=finished,
+            started=run.started,
+            finished=self.cfg.clock(),
         )
 
 
-def _fact(output: Any) -> str:
+# --- the pieces of a step, shared with the Step Functions workflow (polyroute.workflow) -------
+
+
+def step_view(
+    handoff: AgentHandoff, task: Task, deps: Mapping[str, list[str]], step: Step
+) -> AgentHandoff:
+    """The handoff a step receives: its dependencies' results, the task's own facts and
+    the facts of its nearest ancestors, never the whole history."""
+    done = {c.agent_id: c for c in handoff.completed_steps}
+    facts = {k: handoff.current_context[k] for k in task.context}
+    seen: set[str] = set(step.depends_on)
+    frontier = list(step.depends_on)
+    while frontier and len(facts) < len(task.context) + MAX_STEP_FACTS:
+        nxt: list[str] = []
+        for sid in frontier:
+            for dep in deps.get(sid, ()):
+                if dep not in seen:
+                    seen.add(dep)
+                    nxt.append(dep)
+                    if dep in handoff.current_context:
+                        facts[dep] = handoff.current_context[dep]
+        frontier = nxt
+    return AgentHandoff(
+        task_id=handoff.task_id,
+        original_task=task.description,
+        completed_steps=[done[d] for d in step.depends_on if d in done],
+        current_context=facts,
+        remaining_steps=[],
+        constraints=task.constraints,
+    )
+
+
+@dataclass(frozen=True)
+class StepInput:
+    """What routing needs to know about a step's input: its classification, its size and
+    the capabilities it requires."""
+
+    classification: Classification
+    input_tokens: int
+    required: frozenset[Capability]
+
+
+def step_input(
+    view: AgentHandoff,
+    step: Step,
+    docs: list[Document],
+    images: tuple[ImageInput, ...],
+    image_tokens: int,
+    task_class: Classification,
+    single: bool,
+    classifier: LocalClassifier,
+    shared: frozenset[str] = frozenset(),
+) -> StepInput:
+    """Measure a step's full input and classify it (a one-step plan reuses the task's)."""
+    sections = build_sections(view, step, docs, shared)
+    input_tokens = measure_sections(sections) + image_tokens + SYSTEM_TOKENS
+    if single:
+        # The task's own classification, but a given step's explicit type wins.
+        step_type = step.type if step.type != "general" else task_class.type
+        classification = task_class.model_copy(
+            update={"token_count": input_tokens, "type": step_type}
+        )
+    else:
+        classification = classifier.classify_sync(
+            ClassifyInput(
+                text=step.description,
+                type_hint=step.type,
+                image_count=len(images),
+            )
+        ).model_copy(update={"token_count": input_tokens})
+    required: set[Capability] = set(step.needs)
+    if step.output == "json":
+        required.add("json_mode")
+    if images:
+        required.add("vision")
+    return StepInput(classification, input_tokens, frozenset(required))
+
+
+def route_step(
+    route: Callable[[RouteRequest], RouteDecision],
+    step: Step,
+    inp: StepInput,
+    budget: Budget,
+    now: datetime,
+    today: date,
+) -> RouteDecision:
+    """Enforce the deadline and ``maxSteps``, then route the step against what is left."""
+    left_ms = budget.time_left_ms(now)
+    if left_ms is not None and left_ms <= 0:
+        raise DeadlineExceededError("deadline passed before the step could start")
+    if budget.steps_left() < 1:
+        raise BudgetExceededError(f"maxSteps={budget.max_steps} reached")
+    return route(
+        RouteRequest(
+            classification=inp.classification,
+            input_tokens=inp.input_tokens,
+            output_tokens=step.max_output_tokens,
+            required=inp.required,
+            pinned=step.model,
+            cost_left_usd=budget.cost_left_usd(),
+            tokens_left=budget.tokens_left(),
+            time_left_ms=left_ms,
+            today=today,
+        )
+    )
+
+
+def fallback_ok(
+    spec: ModelSpec, decision: RouteDecision, today: date, required: frozenset[Capability]
+) -> bool:
+    """True when a fallback model is live and has every capability the step needs."""
+    if spec.is_retired(today):
+        return False
+    needs = set(required)
+    if decision.classification.needs_vision:
+        needs.add("vision")
+    return needs <= spec.capabilities
+
+
+def fallback_reason(decision: RouteDecision, first: str, error: BaseException | str | None) -> str:
+    """The reason a step gives when a fallback model took it."""
+    name = error if isinstance(error, str) else type(error).__name__
+    return f"{decision.reason}; fell back from {first} after {name if error else 'failure'}"
+
+
+@dataclass(frozen=True)
+class PackedStep:
+    """A step's input compressed for one model, and the worst case its call may use."""
+
+    input: CompressedInput
+    billed_in: int
+    out_tokens: int
+    worst_cost_usd: float
+
+    @property
+    def reserve_tokens(self) -> int:
+        return self.billed_in + self.out_tokens
+
+
+def pack_step(
+    router: Router,
+    policy: Policy,
+    view: AgentHandoff,
+    step: Step,
+    spec: ModelSpec,
+    docs: list[Document],
+    image_tokens: int,
+    shared: frozenset[str] = frozenset(),
+) -> PackedStep:
+    """Compress the step's input to the model's window and price its worst case."""
+    budget_tokens = router.window_tokens(spec) - image_tokens - SYSTEM_TOKENS
+    packed = compress(view, step, budget_tokens, docs, shared)
+    out_tokens = min(step.max_output_tokens or policy.default_output_tokens, spec.max_output_tokens)
+    billed_in = round((packed.tokens + image_tokens + SYSTEM_TOKENS) * spec.token_factor)
+    worst = call_cost(spec, Usage(input_tokens=billed_in, output_tokens=out_tokens))
+    return PackedStep(packed, billed_in, out_tokens, worst)
+
+
+def model_request(
+    spec: ModelSpec,
+    step: Step,
+    packed: CompressedInput,
+    images: tuple[ImageInput, ...],
+    out_tokens: int,
+    seed: int,
+) -> ModelRequest:
+    """The provider request that runs a step."""
+    return ModelRequest(
+        model=spec,
+        system=STEP_SYSTEM,
+        prefix=packed.prefix,
+        prompt=packed.prompt,
+        images=images,
+        json_mode=step.output == "json",
+        max_tokens=out_tokens,
+        purpose="execute",
+        step_id=step.id,
+        step_type=step.type,
+        seed=seed,
+    )
+
+
+def record_success(
+    res: StepResult,
+    step: Step,
+    spec: ModelSpec,
+    resp: ModelResponse,
+    compressed: bool,
+    attempts: int,
+) -> CompletedStep:
+    """Fill a step's result from a successful call; return the handoff's record of it."""
+    cost = call_cost(spec, resp.usage)
+    res.attempts += attempts
+    res.model = spec.id
+    res.provider = resp.provider
+    res.simulated = resp.simulated
+    res.usage = resp.usage
+    res.cost_usd = round(cost, 8)
+    return CompletedStep(
+        agent_id=step.id,
+        model=spec.id,
+        action=step.description[:200],
+        result=resp.text,
+        confidence=_confidence(resp.stop_reason, compressed, res.fallback_from),
+        duration_ms=round(resp.latency_ms),
+        tokens_used=resp.usage.total,
+        cost_usd=round(cost, 8),
+    )
+
+
+def merge_step(
+    handoff: AgentHandoff, step_id: str, completed: CompletedStep | None, output: Any
+) -> None:
+    """Record a finished step in the handoff: its result and a short fact if it succeeded."""
+    if completed is not None:
+        handoff.completed_steps.append(completed)
+        handoff.current_context[step_id] = fact(output)
+    if step_id in handoff.remaining_steps:
+        handoff.remaining_steps.remove(step_id)
+
+
+def build_result(
+    registry: Registry,
+    *,
+    task_id: str,
+    plan: Plan,
+    results: list[StepResult],
+    classification: Classification | None,
+    stop_reason: str | None,
+    simulated: bool,
+    providers: dict[str, str],
+    classifier_cost: float,
+    budgets: BudgetReport,
+    handoff: AgentHandoff,
+    started: datetime,
+    finished: datetime,
+) -> RunResult:
+    """A run's result: status, totals, critical path and the one-model baseline."""
+    usage = sum((r.usage for r in results), Usage())
+    routed = sum(r.cost_usd for r in results)
+    used_models = sorted({r.model for r in results if r.model and r.status == "succeeded"})
+    if used_models:
+        base_spec = registry.most_expensive(used_models)
+        baseline_cost = sum(
+            call_cost(base_spec, r.usage) for r in results if r.status == "succeeded"
+        )
+    else:
+        base_spec = registry.tier("reasoning")
+        baseline_cost = 0.0
+    total_routed = routed + classifier_cost
+    durations = {r.step_id: float(r.duration_ms) for r in results}
+    path, length = critical_path(plan, lambda s: durations.get(s.id, 0.0))
+    ok = sum(r.status == "succeeded" for r in results)
+    status = "succeeded" if ok == len(results) else ("partial" if ok else "failed")
+    return RunResult(
+        task_id=task_id,
+        status=status,
+        stop_reason=stop_reason,
+        simulated=simulated,
+        providers=providers,
+        classification=classification,
+        plan_source=plan.source,
+        waves=waves(plan),
+        critical_path=path,
+        steps=results,
+        totals=Totals(
+            cost_usd=round(total_routed, 8),
+            input_tokens=usage.input_tokens,
+            output_tokens=usage.output_tokens,
+            cache_read_tokens=usage.cache_read_tokens,
+            cache_write_tokens=usage.cache_write_tokens,
+            duration_ms=round((finished - started).total_seconds() * 1000),
+            critical_path_ms=round(length),
+            classifier_cost_usd=round(classifier_cost, 8),
+        ),
+        baseline=Baseline(model=base_spec.id, cost_usd=round(baseline_cost, 8)),
+        savings_pct=savings_pct(total_routed, baseline_cost),
+        budgets=budgets,
+        handoff=handoff,
+        started_at=started,
+        finished_at=finished,
+    )
+
+
+def fact(output: Any) -> str:
     """A short fact from a step's output for later steps (never the whole history)."""
     text = output if isinstance(output, str) else str(output)
     text = " ".join(text.split())
