@@ -166,9 +166,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _register_extensions(sub: Any) -> None:
-    from polyroute import cli_routing
+    from polyroute import cli_routing, cli_tools
 
     cli_routing.register(sub)
+    cli_tools.register(sub)
 
 
 def _version() -> str:
