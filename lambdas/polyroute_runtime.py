@@ -1,0 +1,83 @@
+"""What every polyroute Lambda function shares, made once per container: Powertools'
+logger, tracer and metrics, and the workflow configured from the environment.
+
+Handlers stay thin: parse the event, call ``polyroute.workflow``, return JSON. Tests and the
+local Step Functions run install their own workflow with ``use_workflow``.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from typing import Any
+
+from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools.metrics import MetricUnit
+
+from polyroute.schema import StepResult
+from polyroute.workflow import ResultStore, Workflow, workflow_from_env
+
+SERVICE = os.environ.get("POWERTOOLS_SERVICE_NAME", "polyroute")
+NAMESPACE = os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "Polyroute")
+
+logger = Logger(service=SERVICE)
+tracer = Tracer(service=SERVICE)
+metrics = Metrics(namespace=NAMESPACE, service=SERVICE)
+
+_state: dict[str, Any] = {}
+# A function with no step to report this time has nothing to publish; that is not news.
+warnings.filterwarnings("ignore", "No application metrics to publish")
+
+
+def step_metrics(result: StepResult) -> None:
+    """Per-step tokens and cost as CloudWatch metrics (EMF), by model."""
+    if result.model is None:
+        return
+    metrics.add_dimension(name="model", value=result.model)
+    metrics.add_metric(
+        name="StepInputTokens", unit=MetricUnit.Count, value=result.usage.input_tokens
+    )
+    metrics.add_metric(
+        name="StepOutputTokens", unit=MetricUnit.Count, value=result.usage.output_tokens
+    )
+    metrics.add_metric(name="StepCostUsd", unit=MetricUnit.NoUnit, value=result.cost_usd)
+    metrics.add_metric(name="StepAttempts", unit=MetricUnit.Count, value=result.attempts)
+    metrics.add_metric(
+        name="StepFailed", unit=MetricUnit.Count, value=0 if result.status == "succeeded" else 1
+    )
+
+
+def workflow() -> Workflow:
+    """The container's workflow (built from the environment on first use)."""
+    wf = _state.get("workflow")
+    if wf is None:
+        wf, results = workflow_from_env()
+        wf.cfg.on_step = step_metrics
+        _state["workflow"], _state["results"] = wf, results
+    return wf  # type: ignore[no-any-return]
+
+
+def results() -> ResultStore | None:
+    """Where finished runs are recorded (None without a bucket)."""
+    workflow()
+    return _state.get("results")  # type: ignore[no-any-return]
+
+
+def clients() -> dict[str, Any]:
+    """AWS clients for the API and batch functions, made once per container."""
+    made = _state.get("clients")
+    if made is None:
+        import boto3
+
+        made = {"s3": boto3.client("s3"), "stepfunctions": boto3.client("stepfunctions")}
+        _state["clients"] = made
+    return made  # type: ignore[no-any-return]
+
+
+def use_workflow(wf: Workflow | None, clients_: dict[str, Any] | None = None) -> None:
+    """Install a workflow (and clients) for this process: tests and the local run."""
+    _state.clear()
+    if wf is not None:
+        _state["workflow"], _state["results"] = wf, wf.results
+    if clients_ is not None:
+        _state["clients"] = clients_

@@ -1,0 +1,911 @@
+"""The Step Functions workflow's logic: pure functions over a serialisable workflow state.
+
+Each Lambda role is one method of ``Workflow`` (classify, plan, schedule, route, compress,
+execute, fallback, finalize); the handlers in ``lambdas/`` only parse the event and call it.
+The methods reuse the in-process engine's pieces (``polyroute.engine``), so a step is
+routed, compressed, priced, recorded and reported the same way in both engines.
+
+What differs is the shape of the run. Step Functions runs the graph wave by wave: the
+scheduler merges a finished wave into the state, settles its budget reservations, and
+admits the next wave of ready steps, reserving every step's worst case in one place (so
+parallel branches of a Map can never overspend a budget together). Inside the Map, a
+failed call is retried by the state machine's ``Retry`` and then caught and re-routed to
+the next eligible model by ``fallback``; a fallback that costs more than the step's
+reservation goes back to the scheduler, which reserves it from what is left.
+
+Large values never ride in the state: the task, the state itself, a step's output, its
+packed prompt and its outcome are spilled (``polyroute.spill``) above a threshold, and the
+scheduler sizes each step's outcome so a whole wave's collected output stays well under
+Step Functions' 256 KiB limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from typing import Any, Literal
+
+from pydantic import Field
+
+from polyroute.api import TaskStatus
+from polyroute.budget import Budget, BudgetState, Reservation
+from polyroute.compress import CompressedInput, Document
+from polyroute.cost import call_cost
+from polyroute.engine import (
+    Engine,
+    EngineConfig,
+    Run,
+    build_result,
+    fact,
+    fallback_ok,
+    fallback_reason,
+    merge_step,
+    model_request,
+    pack_step,
+    record_success,
+    route_step,
+    step_input,
+    step_view,
+)
+from polyroute.errors import (
+    RETRYABLE_ERRORS,
+    DeadlineExceededError,
+    LimitError,
+    PolyrouteError,
+)
+from polyroute.execute import RetriesExhaustedError, RetryPolicy, call_with_retries
+from polyroute.providers.base import ImageInput
+from polyroute.schema import (
+    SCHEMA_VERSION,
+    AgentHandoff,
+    Capability,
+    Classification,
+    CompletedStep,
+    Plan,
+    RouteDecision,
+    RunResult,
+    Step,
+    StepResult,
+    StepStatus,
+    Task,
+    WireModel,
+)
+from polyroute.spill import Spiller, is_ref
+from polyroute.taskfile import Materialized, materialize
+
+# Step Functions' limit on a state's input or output, and the share of it a wave's collected
+# step outcomes may take (the rest is the state that rides along).
+STATE_LIMIT_BYTES = 256 * 1024
+WAVE_OUTPUT_BUDGET_BYTES = 96 * 1024
+MIN_INLINE_BYTES = 512
+# A wave admits at most this many steps; the rest wait for the next one. This bounds the
+# Map's collected output (even as spill references) and the scheduler's work per call.
+MAX_WAVE_STEPS = 200
+# Attempts a model gets before the ``Catch`` re-routes: the ``Execute`` state's
+# ``Retry.MaxAttempts`` (2) plus the first call. A static test checks the ASL agrees.
+EXECUTE_ATTEMPTS = 3
+RETRYABLE_NAMES = frozenset(cls.__name__ for cls in RETRYABLE_ERRORS)
+_LIMIT_NAMES = {"BudgetExceededError": "budget", "DeadlineExceededError": "deadline"}
+
+Phase = Literal["waiting", "running", "done"]
+OutcomeStatus = Literal["succeeded", "failed", "skipped", "cancelled", "fallback"]
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+# --- the serialisable state ---------------------------------------------------------------
+
+
+class StartInput(WireModel):
+    """An execution's input: the task (inline, or a spill reference) and its id."""
+
+    task: dict[str, Any]
+    task_id: str | None = None
+
+
+class CallPlan(WireModel):
+    """Which model a step's next call uses, what was tried, and what is reserved for it."""
+
+    model: str
+    tried: list[str] = Field(default_factory=list)
+    attempts: int = 0
+    fallback_from: str | None = None
+    reason: str | None = None
+    reserved_tokens: int = 0
+    reserved_cost_usd: float = 0.0
+
+
+class StepRecord(WireModel):
+    """A step as the workflow tracks it: its result so far and its routing decision."""
+
+    phase: Phase = "waiting"
+    result: StepResult
+    decision: RouteDecision | None = Field(
+        default=None, description="The routing decision, without its candidates."
+    )
+    required: list[Capability] = Field(default_factory=list)
+
+
+class WorkflowState(WireModel):
+    """Everything a run carries between functions (spilled whole when it grows large)."""
+
+    schema_version: str = SCHEMA_VERSION
+    task_id: str
+    task: dict[str, Any]
+    started_at: datetime
+    classification: Classification | None = None
+    plan: Plan | None = None
+    budget: BudgetState
+    handoff: AgentHandoff
+    steps: dict[str, StepRecord] = Field(default_factory=dict)
+    stop_reason: str | None = None
+    simulated: bool = False
+    providers: dict[str, str] = Field(default_factory=dict)
+    classifier_cost_usd: float = 0.0
+
+
+class WaveItem(WireModel):
+    """One step of a wave, as the Map hands it to an iteration."""
+
+    step_id: str
+    inline_limit: int
+    call: CallPlan
+
+
+class StepOutcome(WireModel):
+    """What one Map iteration returns for its step."""
+
+    step_id: str
+    status: OutcomeStatus
+    result: StepResult | None = None
+    completed: CompletedStep | None = None
+    fact: str | None = None
+    call: CallPlan | None = None
+    cost_exact_usd: float = 0.0
+    stop_reason: str | None = None
+    providers: dict[str, str] = Field(default_factory=dict)
+    error: str | None = None
+
+
+# --- the workflow ---------------------------------------------------------------------------
+
+
+@dataclass
+class Workflow:
+    """The roles of the state machine, over an engine configuration and a spiller."""
+
+    cfg: EngineConfig
+    spiller: Spiller
+    concurrency: int = 8
+    results: ResultStore | None = None
+    _engine: Engine = field(init=False, repr=False)
+    _materialized: OrderedDict[str, Materialized] = field(
+        init=False, repr=False, default_factory=OrderedDict
+    )
+
+    def __post_init__(self) -> None:
+        self._engine = Engine(self.cfg)
+
+    # --- helpers --------------------------------------------------------------------------
+
+    def _now(self) -> datetime:
+        return self.cfg.clock()
+
+    def _today(self) -> date:
+        return self.cfg.today or self._now().date()
+
+    def load_state(self, value: Any) -> WorkflowState:
+        """The state from an event value (inline or a spill reference)."""
+        return WorkflowState.model_validate(self.spiller.resolve(value))
+
+    def dump_state(self, state: WorkflowState) -> Any:
+        """The state for the next event: inline when small, else a spill reference."""
+        return self.spiller.maybe_spill(state.to_wire(), "state")
+
+    def task_of(self, state: WorkflowState) -> Task:
+        return Task.model_validate(self.spiller.resolve(state.task))
+
+    def _materialize(self, state: WorkflowState, task: Task) -> Materialized:
+        # One container serves many steps of a task: read its attachments once.
+        key = f"{state.task_id}:{json.dumps(state.task, sort_keys=True)[:200]}"
+        mat = self._materialized.get(key)
+        if mat is None:
+            mat = materialize(task.attachments)
+            self._materialized[key] = mat
+            while len(self._materialized) > 8:
+                self._materialized.popitem(last=False)
+        return mat
+
+    def _run(self, task: Task, state: WorkflowState) -> Run:
+        """An engine Run restored from the state (for classify and plan)."""
+        run = Run(self._engine, task, state.task_id)
+        run.started = state.started_at
+        run.budget, _ = Budget.from_state(state.budget)
+        run.deadline = run.budget.deadline
+        run.classifier_cost = state.classifier_cost_usd
+        return run
+
+    def _resolved_view(self, state: WorkflowState, task: Task, step: Step) -> AgentHandoff:
+        """The step's handoff with its dependencies' spilled results read back."""
+        assert state.plan is not None
+        deps = {s.id: list(s.depends_on) for s in state.plan.steps}
+        view = step_view(state.handoff, task, deps, step)
+        view.completed_steps = [
+            c.model_copy(update={"result": self.spiller.resolve(c.result)})
+            for c in view.completed_steps
+        ]
+        return view
+
+    def _step(self, state: WorkflowState, step_id: str) -> Step:
+        assert state.plan is not None
+        for s in state.plan.steps:
+            if s.id == step_id:
+                return s
+        raise KeyError(step_id)
+
+    def _inputs(
+        self, state: WorkflowState, task: Task, step: Step
+    ) -> tuple[list[Document], tuple[ImageInput, ...], int]:
+        if not step.use_attachments:
+            return [], (), 0
+        mat = self._materialize(state, task)
+        return list(mat.documents), mat.images, mat.image_tokens
+
+    # --- classify and plan ----------------------------------------------------------------
+
+    def classify(self, event: dict[str, Any]) -> dict[str, Any]:
+        """Start a run: read the task, classify it, set up the budget and the handoff."""
+        if "task" in event:
+            start = StartInput.model_validate(event)
+            raw_task = start.task
+            task_id = start.task_id
+        else:
+            raw_task, task_id = event, None
+        task = Task.model_validate(self.spiller.resolve(raw_task))
+        task_id = task_id or task.task_id or uuid.uuid4().hex[:12]
+        run = Run(self._engine, task, task_id)
+        classification = asyncio.run(
+            self._engine.classify(task, materialize(task.attachments), run)
+        )
+        state = WorkflowState(
+            task_id=task_id,
+            task=self.spiller.maybe_spill(task.to_wire(), "task"),
+            started_at=run.started,
+            classification=classification,
+            budget=run.budget.to_state(),
+            handoff=run.handoff,
+            classifier_cost_usd=run.classifier_cost,
+        )
+        return {"state": self.dump_state(state)}
+
+    def plan(self, event: dict[str, Any]) -> dict[str, Any]:
+        """Plan the task (given, single step or the planning model) and validate the plan.
+
+        An invalid plan raises (``CycleError`` names the cycle), which the state machine
+        catches into a failed execution."""
+        state = self.load_state(event["state"])
+        task = self.task_of(state)
+        run = self._run(task, state)
+        assert state.classification is not None
+        plan = asyncio.run(self._engine.make_plan(task, state.classification, run))
+        state.plan = plan
+        state.budget = run.budget.to_state()
+        state.classifier_cost_usd = run.classifier_cost
+        state.handoff.remaining_steps = [s.id for s in plan.steps]
+        state.steps = {
+            s.id: StepRecord(
+                result=StepResult(
+                    step_id=s.id,
+                    description=s.description,
+                    type=s.type,
+                    depends_on=list(s.depends_on),
+                    status="skipped",
+                )
+            )
+            for s in plan.steps
+        }
+        return {"state": self.dump_state(state)}
+
+    # --- schedule ---------------------------------------------------------------------------
+
+    def schedule(self, event: dict[str, Any]) -> dict[str, Any]:
+        """Merge the finished wave, settle its reservations, admit the next wave."""
+        state = self.load_state(event["state"])
+        task = self.task_of(state)
+        assert state.plan is not None
+        budget, held = Budget.from_state(state.budget)
+        holds: dict[str, Reservation] = {r.step_id: r for r in held}
+        now = self._now()
+        requeue: dict[str, CallPlan] = {}
+
+        for raw in event.get("wave") or []:
+            out = StepOutcome.model_validate(self.spiller.resolve(raw))
+            self._merge(state, budget, holds, out, now, requeue)
+
+        ready = self._ready(state, requeue)
+        left_ms = budget.time_left_ms(now)
+        if left_ms is not None and left_ms <= 0 and ready:
+            state.stop_reason = state.stop_reason or "deadline"
+            for sid in ready:
+                self._finish(state, sid, "skipped", "deadline passed before it could start", now)
+            ready = []
+
+        wave: list[tuple[str, CallPlan]] = []
+        single = len(state.plan.steps) == 1
+        for sid in ready:
+            if len(wave) >= MAX_WAVE_STEPS:
+                break
+            if sid in requeue:
+                call = requeue[sid]
+                try:
+                    holds[sid] = budget.reserve(
+                        sid, call.reserved_tokens, call.reserved_cost_usd, now
+                    )
+                except LimitError as exc:
+                    self._limit_stop(state, exc)
+                    self._finish(state, sid, "failed", str(exc), now)
+                    continue
+            else:
+                admitted = self._admit(state, task, budget, sid, single, now)
+                if admitted is None:
+                    continue
+                call, holds[sid] = admitted
+            state.steps[sid].phase = "running"
+            wave.append((sid, call))
+
+        state.budget = budget.to_state(list(holds.values()))
+        running = any(r.phase == "running" for r in state.steps.values())
+        done = not wave and not running
+        if done:
+            # Anything still waiting could not become ready (its dependencies failed).
+            for sid, rec in state.steps.items():
+                if rec.phase == "waiting":
+                    self._finish(state, sid, "skipped", "never became ready", now)
+        inline = max(MIN_INLINE_BYTES, WAVE_OUTPUT_BUDGET_BYTES // max(1, len(wave)))
+        inline = min(inline, self.spiller.threshold)
+        items = [WaveItem(step_id=sid, inline_limit=inline, call=c).to_wire() for sid, c in wave]
+        return {
+            "state": self.dump_state(state),
+            "done": done,
+            "ready": items,
+            "maxConcurrency": max(1, self.concurrency),
+        }
+
+    def _limit_stop(self, state: WorkflowState, exc: LimitError) -> None:
+        state.stop_reason = state.stop_reason or (
+            "deadline" if isinstance(exc, DeadlineExceededError) else "budget"
+        )
+
+    def _admit(
+        self,
+        state: WorkflowState,
+        task: Task,
+        budget: Budget,
+        sid: str,
+        single: bool,
+        now: datetime,
+    ) -> tuple[CallPlan, Reservation] | None:
+        """Route a ready step and reserve its worst case (the local engine's order and
+        checks); None if it cannot start. Every reservation of a wave is taken here, in
+        one function, so parallel steps can never overspend a budget together."""
+        step = self._step(state, sid)
+        rec = state.steps[sid]
+        res = rec.result
+        res.started_at = now
+        assert state.classification is not None
+        try:
+            docs, images, image_tokens = self._inputs(state, task, step)
+            view = self._resolved_view(state, task, step)
+            inp = step_input(
+                view,
+                step,
+                docs,
+                images,
+                image_tokens,
+                state.classification,
+                single,
+                self._engine.local_classifier,
+                frozenset(task.context),
+            )
+            decision = route_step(self._engine.engine_route, step, inp, budget, now, self._today())
+            res.model, res.rule, res.reason = decision.model, decision.rule, decision.reason
+            res.candidates = decision.candidates
+            rec.decision = decision.model_copy(update={"candidates": []})
+            rec.required = sorted(inp.required)
+            spec = self.cfg.registry.get(decision.model)
+            packed = pack_step(
+                self._engine.router,
+                self.cfg.policy,
+                view,
+                step,
+                spec,
+                docs,
+                image_tokens,
+                frozenset(task.context),
+            )
+            reservation = budget.reserve(sid, packed.reserve_tokens, packed.worst_cost_usd, now)
+        except LimitError as exc:
+            self._limit_stop(state, exc)
+            self._finish(state, sid, "skipped", str(exc), now)
+            return None
+        except PolyrouteError as exc:
+            self._finish(state, sid, "failed", str(exc), now)
+            return None
+        call = CallPlan(
+            model=decision.model,
+            reserved_tokens=reservation.tokens,
+            reserved_cost_usd=reservation.cost_usd,
+        )
+        return call, reservation
+
+    def _merge(
+        self,
+        state: WorkflowState,
+        budget: Budget,
+        holds: dict[str, Reservation],
+        out: StepOutcome,
+        now: datetime,
+        requeue: dict[str, CallPlan],
+    ) -> None:
+        rec = state.steps[out.step_id]
+        held = holds.pop(out.step_id, None)
+        state.providers.update(out.providers)
+        if out.result is not None:
+            rec.result = out.result
+        if out.status == "succeeded" and out.completed is not None:
+            if held is not None:
+                budget.settle(held, out.completed.tokens_used, out.cost_exact_usd)
+            state.simulated = state.simulated or rec.result.simulated
+            rec.result.status = "succeeded"
+            rec.phase = "done"
+            merge_step(state.handoff, out.step_id, out.completed, out.fact or "")
+            return
+        if held is not None:
+            budget.release(held)
+        if out.status == "fallback" and out.call is not None:
+            rec.phase = "waiting"
+            requeue[out.step_id] = out.call
+            return
+        if out.stop_reason:
+            state.stop_reason = state.stop_reason or out.stop_reason
+        status: StepStatus = "failed" if out.status == "fallback" else out.status
+        error = out.error or rec.result.error or "failed"
+        self._finish(state, out.step_id, status, error, now)
+
+    def _finish(
+        self, state: WorkflowState, sid: str, status: StepStatus, error: str | None, now: datetime
+    ) -> None:
+        """Close a step that did not succeed, and skip its dependants (as the engine does)."""
+        rec = state.steps[sid]
+        res = rec.result
+        res.status = status
+        res.error = error
+        res.finished_at = res.finished_at or now
+        if res.started_at is not None and res.duration_ms == 0:
+            res.duration_ms = round((res.finished_at - res.started_at).total_seconds() * 1000)
+        rec.phase = "done"
+        merge_step(state.handoff, sid, None, None)
+        assert state.plan is not None
+        for child in state.plan.steps:
+            if sid in child.depends_on and state.steps[child.id].phase == "waiting":
+                state.steps[child.id].result.error = None
+                self._finish(state, child.id, "skipped", f"dependency {sid} {status}", now)
+
+    def _ready(self, state: WorkflowState, requeue: dict[str, CallPlan]) -> list[str]:
+        assert state.plan is not None
+        ok = {sid for sid, r in state.steps.items() if r.result.status == "succeeded"}
+        ok = {sid for sid in ok if state.steps[sid].phase == "done"}
+        return [
+            s.id
+            for s in state.plan.steps
+            if state.steps[s.id].phase == "waiting"
+            and (s.id in requeue or all(d in ok for d in s.depends_on))
+        ]
+
+    # --- inside the Map: route, compress, execute, fallback ---------------------------------
+
+    def route(self, event: dict[str, Any]) -> dict[str, Any]:
+        """Confirm the step's model against the deadline before anything is spent."""
+        state = self.load_state(event["state"])
+        item = WaveItem.model_validate(event["item"])
+        left_ms = Budget.from_state(state.budget)[0].time_left_ms(self._now())
+        if left_ms is not None and left_ms <= 0:
+            raise DeadlineExceededError("deadline passed before the step could start")
+        self.cfg.registry.get(item.call.model)
+        return {"item": event["item"], "state": event["state"], "call": item.call.to_wire()}
+
+    def compress(self, event: dict[str, Any]) -> dict[str, Any]:
+        """Pack the step's input for its model's window (spilled when large)."""
+        state = self.load_state(event["state"])
+        task = self.task_of(state)
+        item = WaveItem.model_validate(event["item"])
+        call = CallPlan.model_validate(event["call"])
+        step = self._step(state, item.step_id)
+        docs, _, image_tokens = self._inputs(state, task, step)
+        packed = pack_step(
+            self._engine.router,
+            self.cfg.policy,
+            self._resolved_view(state, task, step),
+            step,
+            self.cfg.registry.get(call.model),
+            docs,
+            image_tokens,
+            frozenset(task.context),
+        )
+        body = {
+            "prefix": packed.input.prefix,
+            "prompt": packed.input.prompt,
+            "tokens": packed.input.tokens,
+            "compressed": packed.input.compressed,
+            "outTokens": packed.out_tokens,
+        }
+        return {
+            "item": event["item"],
+            "state": event["state"],
+            "call": event["call"],
+            "packed": self.spiller.maybe_spill(body, "prompt"),
+        }
+
+    def execute(self, event: dict[str, Any]) -> Any:
+        """One call to the step's model. A provider error is raised by name, for the state
+        machine's ``Retry`` and ``Catch``; success returns the step's outcome."""
+        state = self.load_state(event["state"])
+        task = self.task_of(state)
+        item = WaveItem.model_validate(event["item"])
+        call = CallPlan.model_validate(event["call"])
+        body = self.spiller.resolve(event["packed"])
+        retry_count = int(event.get("retryCount") or 0)
+        step = self._step(state, item.step_id)
+        spec = self.cfg.registry.get(call.model)
+        _, images, _ = self._inputs(state, task, step)
+        packed = CompressedInput(
+            prefix=body["prefix"],
+            prompt=body["prompt"],
+            tokens=int(body["tokens"]),
+            budget=int(body["tokens"]),
+            full_tokens=int(body["tokens"]),
+            truncated=["input"] if body.get("compressed") else [],
+        )
+        req = model_request(spec, step, packed, images, int(body["outTokens"]), self.cfg.seed)
+        provider = self.cfg.provider_for(spec)
+        deadline = Budget.from_state(state.budget)[0]
+
+        def time_left_s() -> float | None:
+            left = deadline.time_left_ms(self._now())
+            return None if left is None else left / 1000.0
+
+        try:
+            result = asyncio.run(
+                call_with_retries(
+                    provider,
+                    req,
+                    RetryPolicy(max_attempts=1),
+                    random.Random(self.cfg.seed),
+                    time_left_s,
+                    self.cfg.sleep,
+                )
+            )
+        except RetriesExhaustedError as exc:
+            raise exc.last from None
+        resp = result.response
+        rec = state.steps[item.step_id]
+        res = rec.result.model_copy(deep=True)
+        res.fallback_from = call.fallback_from
+        if call.reason:
+            res.reason = call.reason
+        res.attempts = call.attempts
+        completed = record_success(res, step, spec, resp, packed.compressed, retry_count + 1)
+        cost = call_cost(spec, resp.usage)
+        res.status = "succeeded"
+        res.finished_at = self._now()
+        if res.started_at is not None:
+            res.duration_ms = round((res.finished_at - res.started_at).total_seconds() * 1000)
+        completed.result = self.spiller.maybe_spill(resp.text, "output")
+        if self.cfg.on_step is not None:
+            self.cfg.on_step(res)
+        outcome = StepOutcome(
+            step_id=item.step_id,
+            status="succeeded",
+            result=res,
+            completed=completed,
+            fact=fact(resp.text),
+            cost_exact_usd=cost,
+            providers={spec.id: provider.name},
+        )
+        return self.spiller.maybe_spill(outcome.to_wire(), "outcome", limit=item.inline_limit)
+
+    def fallback(self, event: dict[str, Any]) -> dict[str, Any]:
+        """The ``Catch``: after a retryable failure, re-route to the next eligible model;
+        otherwise close the step with the error."""
+        state = self.load_state(event["state"])
+        item = WaveItem.model_validate(event["item"])
+        call = CallPlan.model_validate(event.get("call") or item.call.to_wire())
+        name, message = _error_of(event.get("error") or {})
+        rec = state.steps[item.step_id]
+        res = rec.result.model_copy(deep=True)
+        res.attempts = call.attempts
+        res.fallback_from = call.fallback_from
+        if call.reason:
+            res.reason = call.reason
+        now = self._now()
+        reached_model = "packed" in event
+        if reached_model:
+            res.attempts += EXECUTE_ATTEMPTS if name in RETRYABLE_NAMES else 1
+        providers = (
+            {call.model: self.cfg.provider_for(self.cfg.registry.get(call.model)).name}
+            if reached_model
+            else {}
+        )
+
+        def done(status: OutcomeStatus, stop: str | None = None, **extra: Any) -> dict[str, Any]:
+            res.finished_at = now
+            if res.started_at is not None:
+                res.duration_ms = round((now - res.started_at).total_seconds() * 1000)
+            if status != "fallback":
+                res.status = status
+                res.error = message
+            if status != "fallback" and self.cfg.on_step is not None:
+                self.cfg.on_step(res)
+            outcome = StepOutcome(
+                step_id=item.step_id,
+                status=status,
+                result=res,
+                stop_reason=stop,
+                providers=providers,
+                error=message,
+                **extra,
+            )
+            wire = self.spiller.maybe_spill(outcome.to_wire(), "outcome", limit=item.inline_limit)
+            return {"next": "done", "outcome": wire}
+
+        if name in _LIMIT_NAMES:
+            return done("skipped" if res.attempts == 0 else "failed", _LIMIT_NAMES[name])
+        if name not in RETRYABLE_NAMES:
+            return done("failed")
+        tried = [*call.tried, call.model]
+        nxt = self._next_model(state, item.step_id, tried)
+        if nxt is None:
+            return done("failed")
+        task = self.task_of(state)
+        step = self._step(state, item.step_id)
+        docs, _, image_tokens = self._inputs(state, task, step)
+        packed = pack_step(
+            self._engine.router,
+            self.cfg.policy,
+            self._resolved_view(state, task, step),
+            step,
+            self.cfg.registry.get(nxt),
+            docs,
+            image_tokens,
+            frozenset(task.context),
+        )
+        assert rec.decision is not None
+        first = rec.decision.model
+        decision_reason = fallback_reason(rec.decision, first, name)
+        next_call = CallPlan(
+            model=nxt,
+            tried=tried,
+            attempts=res.attempts,
+            fallback_from=call.fallback_from or first,
+            reason=decision_reason,
+            reserved_tokens=packed.reserve_tokens,
+            reserved_cost_usd=packed.worst_cost_usd,
+        )
+        fits = (
+            packed.reserve_tokens <= call.reserved_tokens
+            and packed.worst_cost_usd <= call.reserved_cost_usd + 1e-12
+        )
+        if not fits:
+            # The step's reservation does not cover this model: the scheduler reserves it
+            # from what is left of the budget, atomically, in the next wave.
+            return done("fallback", call=next_call)
+        next_call.reserved_tokens = call.reserved_tokens
+        next_call.reserved_cost_usd = call.reserved_cost_usd
+        item.call = next_call
+        return {
+            "next": "compress",
+            "item": item.to_wire(),
+            "state": event["state"],
+            "call": next_call.to_wire(),
+        }
+
+    def _next_model(self, state: WorkflowState, sid: str, tried: list[str]) -> str | None:
+        decision = state.steps[sid].decision
+        if decision is None:
+            return None
+        today = self._today()
+        required = frozenset(state.steps[sid].required)
+        for model_id in [decision.model, *decision.fallbacks]:
+            if model_id in tried:
+                continue
+            if fallback_ok(self.cfg.registry.get(model_id), decision, today, required):
+                return model_id
+        return None
+
+    # --- finalize -------------------------------------------------------------------------
+
+    def record_failure(self, event: dict[str, Any]) -> dict[str, str]:
+        """A run that ended in an error (an invalid plan, a function that failed): record it
+        for ``GET /v1/tasks`` and return the clean error and cause for the ``Fail`` state."""
+        name, message = _error_of(event.get("error") or {})
+        task_id = str(event.get("taskId") or "")
+        if self.results is not None and task_id:
+            self.results.failed(task_id, f"{name}: {message}", self._now())
+        return {"Error": name, "Cause": message}
+
+    def finalize(self, event: dict[str, Any]) -> Any:
+        """Build the run's result, store its status, and return it (spilled when large)."""
+        state = self.load_state(event["state"])
+        assert state.plan is not None
+        handoff = state.handoff.model_copy(deep=True)
+        handoff.completed_steps = [
+            c.model_copy(update={"result": self.spiller.resolve(c.result)})
+            for c in handoff.completed_steps
+        ]
+        budget, _ = Budget.from_state(state.budget)
+        result = build_result(
+            self.cfg.registry,
+            task_id=state.task_id,
+            plan=state.plan,
+            results=[state.steps[s.id].result for s in state.plan.steps],
+            classification=state.classification,
+            stop_reason=state.stop_reason,
+            simulated=state.simulated,
+            providers=state.providers,
+            classifier_cost=state.classifier_cost_usd,
+            budgets=budget.report(),
+            handoff=handoff,
+            started=state.started_at,
+            finished=self._now(),
+        )
+        if self.results is not None:
+            self.results.finished(state.task_id, result)
+        return self.spiller.maybe_spill(result.to_wire(), "result")
+
+
+def _error_of(error: dict[str, Any]) -> tuple[str, str]:
+    """The error name and message from a ``Catch`` result (``{"Error", "Cause"}``)."""
+    name = str(error.get("Error") or "PolyrouteError")
+    cause = error.get("Cause")
+    message = str(cause or name)
+    if isinstance(cause, str):
+        try:
+            data = json.loads(cause)
+        except json.JSONDecodeError:
+            data = None
+        if isinstance(data, dict) and data.get("errorMessage"):
+            message = str(data["errorMessage"])
+    return name, message
+
+
+class ResultStore:
+    """Task statuses in the bucket (``results/<taskId>.json``): Express executions cannot be
+    described once finished, so the finalizer records each result for ``GET /v1/tasks``."""
+
+    def __init__(self, bucket: str, client: Any = None, prefix: str = "results/") -> None:
+        self.bucket = bucket
+        self.prefix = prefix
+        self._client = client
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            import boto3
+
+            self._client = boto3.client("s3")
+        return self._client
+
+    def key(self, task_id: str) -> str:
+        return f"{self.prefix}{task_id}.json"
+
+    def put(self, status: TaskStatus) -> None:
+        body = json.dumps(status.to_wire(), separators=(",", ":")).encode()
+        self.client.put_object(
+            Bucket=self.bucket,
+            Key=self.key(status.task_id),
+            Body=body,
+            ContentType="application/json",
+        )
+
+    def get(self, task_id: str) -> TaskStatus | None:
+        try:
+            obj = self.client.get_object(Bucket=self.bucket, Key=self.key(task_id))
+        except Exception as exc:
+            code = getattr(exc, "response", {}).get("Error", {}).get("Code")
+            if code in ("NoSuchKey", "404", "NotFound"):
+                return None
+            raise
+        return TaskStatus.model_validate_json(obj["Body"].read())
+
+    def finished(self, task_id: str, result: RunResult) -> None:
+        """Record a finished run (keeping the time it was created)."""
+        old = self.get(task_id)
+        self.put(
+            TaskStatus(
+                task_id=task_id,
+                status=result.status,
+                result=result,
+                created_at=old.created_at if old else result.started_at,
+                updated_at=result.finished_at,
+            )
+        )
+
+    def failed(self, task_id: str, error: str, now: datetime) -> None:
+        """Record a run that ended without a result (an invalid plan, an internal error)."""
+        old = self.get(task_id)
+        self.put(
+            TaskStatus(
+                task_id=task_id,
+                status="failed",
+                error=error,
+                created_at=old.created_at if old else now,
+                updated_at=now,
+            )
+        )
+
+
+def workflow_from_env(
+    environ: dict[str, str] | None = None, s3_client: Any = None
+) -> tuple[Workflow, ResultStore | None]:
+    """The workflow a Lambda container runs, configured by its environment (read once).
+
+    ``POLYROUTE_BUCKET`` (spill and results; without it, spills go to
+    ``POLYROUTE_SPILL_DIR``), ``POLYROUTE_SPILL_THRESHOLD_BYTES``, ``POLYROUTE_PROVIDER``
+    (``auto``: live where keys are present), ``POLYROUTE_CLASSIFIER``,
+    ``POLYROUTE_CONCURRENCY``, ``POLYROUTE_SEED``, ``POLYROUTE_TIME_SCALE``."""
+    from polyroute.providers.select import provider_selector
+    from polyroute.registry import load_registry
+    from polyroute.routing import load_policy
+    from polyroute.spill import DEFAULT_THRESHOLD_BYTES, DirStore, S3Store
+
+    env = dict(os.environ if environ is None else environ)
+    seed = int(env.get("POLYROUTE_SEED", "0"))
+    cfg = EngineConfig(
+        registry=load_registry(env.get("POLYROUTE_MODELS") or None),
+        policy=load_policy(env.get("POLYROUTE_ROUTING") or None),
+        provider_for=provider_selector(
+            env.get("POLYROUTE_PROVIDER", "auto"),
+            seed=seed,
+            time_scale=float(env.get("POLYROUTE_TIME_SCALE", "1.0")),
+        ),
+        classifier=env.get("POLYROUTE_CLASSIFIER", "local"),
+        seed=seed,
+    )
+    bucket = env.get("POLYROUTE_BUCKET")
+    threshold = int(env.get("POLYROUTE_SPILL_THRESHOLD_BYTES") or DEFAULT_THRESHOLD_BYTES)
+    store: S3Store | DirStore
+    results: ResultStore | None = None
+    if bucket:
+        store = S3Store(bucket, env.get("POLYROUTE_SPILL_PREFIX", "spill/"), s3_client)
+        results = ResultStore(bucket, s3_client)
+    else:
+        store = DirStore(env.get("POLYROUTE_SPILL_DIR", "/tmp/polyroute-spill"))
+    wf = Workflow(
+        cfg,
+        Spiller(store, threshold),
+        concurrency=int(env.get("POLYROUTE_CONCURRENCY", "8")),
+        results=results,
+    )
+    return wf, results
+
+
+__all__ = [
+    "EXECUTE_ATTEMPTS",
+    "MAX_WAVE_STEPS",
+    "STATE_LIMIT_BYTES",
+    "CallPlan",
+    "StartInput",
+    "StepOutcome",
+    "WaveItem",
+    "Workflow",
+    "WorkflowState",
+    "is_ref",
+]
