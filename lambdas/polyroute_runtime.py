@@ -7,8 +7,9 @@ local Step Functions run install their own workflow with ``use_workflow``.
 
 from __future__ import annotations
 
+import functools
 import os
-import warnings
+from collections.abc import Callable
 from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
@@ -25,8 +26,6 @@ tracer = Tracer(service=SERVICE)
 metrics = Metrics(namespace=NAMESPACE, service=SERVICE)
 
 _state: dict[str, Any] = {}
-# A function with no step to report this time has nothing to publish; that is not news.
-warnings.filterwarnings("ignore", "No application metrics to publish")
 
 
 def step_metrics(result: StepResult) -> None:
@@ -45,6 +44,21 @@ def step_metrics(result: StepResult) -> None:
     metrics.add_metric(
         name="StepFailed", unit=MetricUnit.Count, value=0 if result.status == "succeeded" else 1
     )
+
+
+def log_metrics(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Flush the metrics a call added (a call that ran no step has none, and says nothing)."""
+
+    @functools.wraps(fn)
+    def wrapper(event: Any, context: Any) -> Any:
+        try:
+            return fn(event, context)
+        finally:
+            if metrics.metric_set:
+                metrics.flush_metrics()
+            metrics.clear_metrics()
+
+    return wrapper
 
 
 def workflow() -> Workflow:

@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from aws_lambda_powertools.utilities.typing import LambdaContext
-from polyroute_runtime import logger, metrics, tracer, workflow
+from polyroute_runtime import log_metrics, logger, tracer, workflow
 
 
 @logger.inject_lambda_context
 @tracer.capture_lambda_handler
-@metrics.log_metrics
+@log_metrics
 def handler(event: dict[str, Any], context: LambdaContext) -> Any:
     return workflow().schedule(event)

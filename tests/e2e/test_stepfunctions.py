@@ -1,0 +1,209 @@
+"""The real orchestrator ASL, executed by moto's Step Functions interpreter, every Lambda
+task dispatched in-process to the real handler, spills in moto S3."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import date
+from typing import Any
+
+import pytest
+
+from polyroute.engine import Engine, EngineConfig
+from polyroute.errors import CycleError
+from polyroute.execute import RetryPolicy
+from polyroute.providers.base import ModelRequest, ModelResponse
+from polyroute.providers.simulated import FailurePlan, SimulatedProvider
+from polyroute.registry import load_registry
+from polyroute.routing import load_policy
+from polyroute.schema import RunResult, Task, Usage
+from polyroute.sfn_local import BUCKET, LocalStepFunctions, run_on_stepfunctions_local
+from polyroute.taskfile import load_task
+from polyroute.workflow import STATE_LIMIT_BYTES
+
+from ..conftest import EXAMPLES
+
+pytest.importorskip("moto")
+
+DAY = date(2026, 11, 27)
+
+
+def config(failures: list[str] | None = None, provider: Any = None) -> EngineConfig:
+    sim = SimulatedProvider(seed=0, time_scale=0.0, failures=FailurePlan.parse(failures or []))
+    chosen = provider or sim
+    return EngineConfig(
+        registry=load_registry(),
+        policy=load_policy(),
+        provider_for=lambda _spec: chosen,
+        retry=RetryPolicy(base_delay_s=0.001),
+        today=DAY,
+    )
+
+
+def local_result(task: Task, failures: list[str] | None = None) -> RunResult:
+    return asyncio.run(Engine(config(failures)).run(task))
+
+
+def steps_of(result: RunResult) -> list[tuple[str, str, str | None, int, str | None, float]]:
+    return [
+        (s.step_id, s.status, s.model, s.attempts, s.fallback_from, s.cost_usd)
+        for s in result.steps
+    ]
+
+
+def largest_state(events: list[dict[str, Any]]) -> int:
+    """The largest input, output or parameters string any event of a history carries."""
+    largest = 0
+    for event in events:
+        for key, details in event.items():
+            if not key.endswith("EventDetails") or not isinstance(details, dict):
+                continue
+            for field in ("input", "output", "parameters"):
+                value = details.get(field)
+                if isinstance(value, str):
+                    largest = max(largest, len(value.encode()))
+    return largest
+
+
+def test_code_review_succeeds_with_the_local_engines_models() -> None:
+    task = load_task(EXAMPLES / "code_review.json")
+    result = run_on_stepfunctions_local(task, config())
+    local = local_result(task)
+    assert result.status == "succeeded"
+    assert steps_of(result) == steps_of(local)
+    assert result.totals.cost_usd == local.totals.cost_usd
+    assert result.baseline == local.baseline
+    assert [c.agent_id for c in result.handoff.completed_steps] == [
+        c.agent_id for c in local.handoff.completed_steps
+    ]
+    assert result.budgets.steps_used == 5
+
+
+def test_a_529_falls_back_to_the_next_eligible_model_as_locally() -> None:
+    task = load_task(EXAMPLES / "code_review.json")
+    failures = ["claude-haiku-4-5=529x3"]
+    result = run_on_stepfunctions_local(task, config(failures))
+    local = local_result(task, failures)
+    first = result.steps[0]
+    assert first.fallback_from == "claude-haiku-4-5"
+    assert first.model != "claude-haiku-4-5"
+    assert first.attempts == 4  # three on the overloaded model (Retry), one on the fallback
+    assert "OverloadedError" in first.reason
+    assert steps_of(result) == steps_of(local)
+    assert result.status == "succeeded"
+
+
+def test_a_cyclic_plan_fails_the_execution_cleanly_naming_the_cycle() -> None:
+    task = load_task(EXAMPLES / "cyclic_plan.json")
+    local = LocalStepFunctions(config())
+    with local.running():
+        machine = local.orchestrator()
+        execution = local.start(machine, {"task": task.to_wire(), "taskId": "cyclic"}, "cyclic")
+        desc = local.wait(execution)
+        assert desc["status"] == "FAILED"
+        assert desc["error"] == "CycleError"
+        assert desc["cause"] == "cycle: a -> b -> c -> a"
+        # The failure is recorded for GET /v1/tasks/{id}, as a finished run would be.
+        status = local.workflow.results.get("cyclic")  # type: ignore[union-attr]
+        assert status is not None and status.status == "failed"
+        assert "cycle: a -> b -> c -> a" in (status.error or "")
+    with pytest.raises(CycleError, match=r"cycle: a -> b -> c -> a"):
+        run_on_stepfunctions_local(task, config())
+
+
+def test_a_budget_that_runs_out_ends_partial() -> None:
+    task = Task.model_validate(
+        {
+            "taskId": "tight",
+            "description": "Review the attached diff.",
+            "attachments": [
+                {"kind": "document", "path": str(EXAMPLES / "data" / "payments_refund.diff")}
+            ],
+            "constraints": {"maxTokenBudget": 5000},
+            "plan": {
+                "steps": [
+                    {"id": "summarize", "type": "summarization", "useAttachments": True,
+                     "description": "Summarise the diff."},
+                    {"id": "security", "type": "review", "dependsOn": ["summarize"],
+                     "useAttachments": True, "description": "Review security."},
+                    {"id": "perf", "type": "review", "dependsOn": ["summarize"],
+                     "useAttachments": True, "description": "Review performance."},
+                    {"id": "verdict", "type": "classification",
+                     "dependsOn": ["security", "perf"], "description": "Verdict."},
+                ]
+            },
+        }
+    )
+    result = run_on_stepfunctions_local(task, config())
+    local = local_result(task)
+    assert result.status == "partial"
+    assert result.stop_reason == "budget"
+    assert result.budgets.tokens_used <= 5000
+    assert [s.status for s in result.steps] == ["succeeded", "succeeded", "skipped", "skipped"]
+    assert steps_of(result) == steps_of(local)
+
+
+class BigAnswers:
+    """A provider whose every answer is about 300 KB (so four of them exceed 1 MiB)."""
+
+    name = "big"
+
+    async def request(self, req: ModelRequest) -> ModelResponse:
+        text = f"{req.step_id}: " + ("finding " * 38_000)
+        return ModelResponse(
+            text=text,
+            usage=Usage(input_tokens=100, output_tokens=1000),
+            latency_ms=1.0,
+            model=req.model.id,
+            provider=self.name,
+        )
+
+
+def test_results_over_a_mebibyte_succeed_with_every_state_under_256_kib() -> None:
+    parts = [
+        {"id": f"part-{i}", "type": "analysis", "description": f"Analyse part {i}."}
+        for i in range(4)
+    ]
+    task = Task.model_validate(
+        {
+            "taskId": "big",
+            "description": "Analyse four large parts and combine them.",
+            "plan": {
+                "steps": [
+                    *parts,
+                    {"id": "combine", "type": "summarization",
+                     "dependsOn": [p["id"] for p in parts], "description": "Combine."},
+                ]
+            },
+        }
+    )
+    local = LocalStepFunctions(config(provider=BigAnswers()))
+    with local.running():
+        result, execution = local.run(task)
+        events = local.history(execution)
+        spilled = local.s3.list_objects_v2(Bucket=BUCKET, Prefix="spill/")["Contents"]
+    total = sum(len(str(c.result).encode()) for c in result.handoff.completed_steps)
+    assert result.status == "succeeded"
+    assert total > 1024 * 1024
+    assert all(len(str(c.result)) > 300_000 for c in result.handoff.completed_steps)
+    largest = largest_state(events)
+    assert 0 < largest <= STATE_LIMIT_BYTES, largest
+    assert any(o["Key"].startswith("spill/output/") for o in spilled)
+    print(f"largest state in the history: {largest:,} B of {total:,} B of results")
+
+
+def test_the_deployed_express_type_executes_and_the_history_is_complete() -> None:
+    task = load_task(EXAMPLES / "question.json")
+    local = LocalStepFunctions(config())
+    with local.running():
+        result, execution = local.run(task)
+        names = [
+            e.get("stateEnteredEventDetails", {}).get("name")
+            for e in local.history(execution)
+            if "stateEnteredEventDetails" in e
+        ]
+    assert result.status == "succeeded"
+    for state in ("Classify", "Plan", "Schedule", "Route", "Compress", "Execute", "Finalize"):
+        assert state in names
+    assert json.loads(result.model_dump_json())["status"] == "succeeded"
