@@ -319,7 +319,7 @@ def _record_for(line: int, task_id: str, result: RunResult) -> BatchRecord:
         stop_reason=result.stop_reason,
         cost_usd=result.totals.cost_usd,
         baseline_cost_usd=result.baseline.cost_usd,
-        error=next((s.error for s in result.steps if s.status == "failed" and s.error), None),
+        error=next((s.error for s in result.steps if s.error), None),
         result=result,
     )
 

@@ -62,6 +62,7 @@ log = logging.getLogger("polyroute.server")
 TOKEN_ENV = "POLYROUTE_API_TOKEN"
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 MAX_IDEMPOTENCY_KEY = 255
+DRAIN_BYTES = 32 * 1024 * 1024
 SERVER_STOPPED_ERROR = "the server stopped while this task was running; submit it again"
 _FIELD = re.compile(r"^([A-Za-z0-9_.\-]+): ")
 _TRUE = {"true", "1", "yes"}
@@ -398,17 +399,24 @@ def openapi_document() -> dict[str, Any]:
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
+    """The body, at most ``limit`` bytes; 413 past that. An oversized body is still read (and
+    dropped) up to ``DRAIN_BYTES``, so a client that sends it whole before reading the answer
+    gets the 413 instead of a connection reset."""
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise _Refused(413, f"body is {declared} bytes; the limit is {limit}")
+    too_big = declared is not None and declared.isdigit() and int(declared) > limit
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
         size += len(chunk)
-        if size > limit:
-            raise _Refused(413, f"body is larger than the limit of {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
+        too_big = too_big or size > limit
+        if not too_big:
+            chunks.append(chunk)
+        elif size > DRAIN_BYTES:
+            break
+    if not too_big:
+        return b"".join(chunks)
+    shown = f"{declared} bytes" if declared and declared.isdigit() else "larger than that"
+    raise _Refused(413, f"body is {shown}; the limit is {limit} bytes")
 
 
 def _async_flag(value: str | None) -> bool:
