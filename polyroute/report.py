@@ -53,6 +53,16 @@ def esc(value: Any) -> str:
     return html.escape(str(value), quote=True)
 
 
+def plural(count: int, word: str) -> str:
+    """``1 step``, ``3 steps``."""
+    return f"{count} {word}{'' if count == 1 else 's'}"
+
+
+def ran(step: StepResult) -> bool:
+    """The step reached a model (a step refused by a budget before its call did not)."""
+    return step.started_at is not None and (step.attempts > 0 or step.status == "succeeded")
+
+
 def _clip(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
@@ -118,7 +128,7 @@ class ReportData:
         self.bars = [
             Bar(s, self.ms(s.started_at), self.ms(s.finished_at or s.started_at))
             for s in result.steps
-            if s.started_at is not None
+            if ran(s)
         ]
         ends = [b.end_ms for b in self.bars] + [self.ms(result.finished_at)]
         self.span_ms = max(1.0, *ends)
@@ -239,7 +249,7 @@ def plan_svg(d: ReportData) -> str:
         crit = s.step_id in d.critical
         cls = f"node status-{s.status}" + (" crit" if crit else "")
         tip = f"{s.step_id}: {s.description}\n{s.status}" + (f" — {s.error}" if s.error else "")
-        meta = f"{usd(s.cost_usd)} · {duration(s.duration_ms)}" if s.started_at else s.status
+        meta = f"{usd(s.cost_usd)} · {duration(s.duration_ms)}" if ran(s) else s.status
         parts.append(
             f'<g class="{cls}" data-step="{esc(s.step_id)}" transform="translate({x:.1f},{y:.1f})">'
             f"<title>{esc(tip)}</title>"
@@ -388,7 +398,7 @@ def cost_by_model_svg(d: ReportData) -> str:
 def cost_by_step_svg(d: ReportData) -> str:
     """Each step's routed cost next to what the baseline model would have charged."""
     width, bar_w, label_w, pair = 640, 330, 150, 40
-    rows = [s for s in d.result.steps if s.started_at is not None]
+    rows = [s for s in d.result.steps if ran(s)]
     peak = max(
         [s.cost_usd for s in rows] + [d.baseline_by_step.get(s.step_id, 0.0) for s in rows],
         default=0.0,
@@ -487,8 +497,9 @@ def _candidates_table(d: ReportData, s: StepResult) -> str:
     if not s.candidates:
         return '<p class="muted">No candidates recorded.</p>'
 
-    def order(c: Any) -> tuple[bool, bool, float]:
-        return (c.model != s.model, not c.eligible, c.estimated_cost_usd)
+    def order(c: Any) -> tuple[int, float]:
+        rank = 0 if c.model == s.model else 1 if c.model == s.fallback_from else 2
+        return (rank if c.eligible or rank < 2 else 3, c.estimated_cost_usd)
 
     peak = max(c.estimated_cost_usd for c in s.candidates) or 1.0
     rows = []
@@ -618,7 +629,7 @@ def render_html(result: RunResult) -> str:
             f"critical path {duration(t.critical_path_ms)}"
             + (f" · {parallel_gain:.1f} steps at a time" if parallel_gain else ""),
         ),
-        ("Steps", f"{ok}/{len(r.steps)}", f"succeeded, in {len(d.waves)} waves"),
+        ("Steps", f"{ok}/{len(r.steps)}", f"succeeded, in {plural(len(d.waves), 'wave')}"),
         (
             "Tokens",
             f"{t.input_tokens + t.cache_read_tokens + t.cache_write_tokens:,}",
@@ -650,7 +661,8 @@ def render_html(result: RunResult) -> str:
 <section class="kpis">{kpi_html}</section>
 
 <section class="panel">
-  <h2>Plan <small>{len(r.steps)} steps in {len(d.waves)} waves, coloured by model</small></h2>
+  <h2>Plan <small>{plural(len(r.steps), "step")} in {plural(len(d.waves), "wave")}, coloured by
+    model</small></h2>
   <div class="scroll">{plan_svg(d)}</div>
   {_legend(d)}
 </section>
