@@ -859,6 +859,11 @@ _JS = """
 # --- the PNG -------------------------------------------------------------------------------------
 
 
+def _plain(text: str) -> str:
+    """Text matplotlib shows as is (a ``$`` would start its math mode)."""
+    return text.replace("$", r"\$")
+
+
 def write_timeline_png(result: RunResult, path: str | Path) -> Path:
     """The timeline as a PNG (matplotlib, Agg backend)."""
     try:
@@ -898,12 +903,12 @@ def write_timeline_png(result: RunResult, path: str | Path) -> Path:
             ax.text(
                 bar.end_ms / div,
                 i,
-                f"  {s.model or s.status} · {usd(s.cost_usd)}",
+                _plain(f"  {s.model or s.status} · {usd(s.cost_usd)}"),
                 va="center",
                 fontsize=7.5,
                 color="#4b5563",
             )
-        ax.set_yticks(range(len(steps)), [s.step_id for s in steps], fontsize=8.5)
+        ax.set_yticks(range(len(steps)), [_plain(s.step_id) for s in steps], fontsize=8.5)
         ax.invert_yaxis()
         ax.set_xlim(0, d.span_ms / div * 1.28)
         ax.set_xlabel(f"time since the run started ({unit})", fontsize=8.5)
@@ -914,8 +919,10 @@ def write_timeline_png(result: RunResult, path: str | Path) -> Path:
             ax.spines[side].set_visible(False)
         crit_text = " → ".join(result.critical_path) or "-"
         ax.set_title(
-            f"{result.task_id}: {result.status}, {usd(result.totals.cost_usd)} "
-            f"(baseline {usd(result.baseline.cost_usd)}), critical path {crit_text}",
+            _plain(
+                f"{result.task_id}: {result.status}, {usd(result.totals.cost_usd)} "
+                f"(baseline {usd(result.baseline.cost_usd)}), critical path {crit_text}"
+            ),
             fontsize=9.5,
             loc="left",
         )
@@ -923,14 +930,15 @@ def write_timeline_png(result: RunResult, path: str | Path) -> Path:
         handles.append(Patch(facecolor="white", edgecolor="#1f2937", label="critical path"))
         ax.legend(
             handles=handles,
-            loc="lower right",
+            loc="upper center",
+            bbox_to_anchor=(0.5, -0.1 - 0.45 / fig_h),
             fontsize=7.5,
             frameon=False,
-            ncol=min(4, len(handles)),
+            ncol=min(5, len(handles)),
         )
         fig.tight_layout()
         out = Path(path)
-        fig.savefig(out, format="png")
+        fig.savefig(out, format="png", bbox_inches="tight", pad_inches=0.15)
     finally:
         plt.close(fig)
     return out
