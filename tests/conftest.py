@@ -54,3 +54,15 @@ def _no_network(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for var in ("POLYROUTE_MODELS", "POLYROUTE_ROUTING", "ANTHROPIC_API_KEY", "OPENAI_API_KEY"):
         monkeypatch.delenv(var, raising=False)
+    # Provider configuration a developer may have set: tests choose their own.
+    for var in (
+        "POLYROUTE_ANTHROPIC_VIA",
+        "POLYROUTE_SECRET_ANTHROPIC",
+        "POLYROUTE_SECRET_OPENAI",
+        "POLYROUTE_SECRET_OPENAI_COMPATIBLE",
+        "OPENAI_COMPATIBLE_API_KEY",
+        "ANTHROPIC_BASE_URL",
+        "OPENAI_BASE_URL",
+        "AWS_ENDPOINT_URL_BEDROCK_RUNTIME",
+    ):
+        monkeypatch.delenv(var, raising=False)

@@ -11,11 +11,11 @@ from polyroute.providers.simulated import FailurePlan, SimulatedProvider
 from polyroute.registry import ModelSpec
 
 
-def live_provider_available(provider: str) -> bool:
-    """True when a live provider is registered and its credentials are present."""
+def live_provider_available(provider: str, spec: ModelSpec | None = None) -> bool:
+    """True when a live provider is installed and its credentials are present."""
     from polyroute.providers import live
 
-    return live.available(provider)
+    return live.available(provider, spec)
 
 
 def provider_selector(
@@ -32,15 +32,21 @@ def provider_selector(
         return lambda _spec: simulated
     if mode != "auto":
         raise ConfigError(f"unknown provider mode {mode!r} (simulated or auto)")
+    from polyroute.providers import live
+
     cache: dict[str, Provider] = {}
+    usable: dict[str, bool] = {}
 
     def pick(spec: ModelSpec) -> Provider:
-        if spec.provider not in cache:
-            factory = provider_factory(spec.provider)
-            if factory is not None and live_provider_available(spec.provider):
-                cache[spec.provider] = factory()
-            else:
-                cache[spec.provider] = simulated
-        return cache[spec.provider]
+        # The provider module (and its SDK) is imported only once a model needs it.
+        name = live.serving_provider(spec)
+        if spec.id not in usable:
+            usable[spec.id] = live_provider_available(name, spec)
+        if not usable[spec.id]:
+            return simulated
+        if name not in cache:
+            factory = live.load(name) or provider_factory(name)
+            cache[name] = factory() if factory is not None else simulated
+        return cache[name]
 
     return pick

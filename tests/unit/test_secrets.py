@@ -1,0 +1,132 @@
+"""Provider keys from the environment or Secrets Manager (stubbed), and redaction."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import boto3
+import pytest
+from botocore.stub import Stubber
+
+from polyroute import secrets
+from polyroute.errors import AuthenticationError
+
+
+@pytest.fixture(autouse=True)
+def fresh(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    for var in ("POLYROUTE_SECRET_ANTHROPIC", "POLYROUTE_SECRET_OPENAI"):
+        monkeypatch.delenv(var, raising=False)
+    secrets.clear_cache()
+    yield
+    secrets.clear_cache()
+
+
+@pytest.fixture
+def sm() -> Iterator[tuple[object, Stubber]]:
+    client = boto3.client(
+        "secretsmanager",
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+    with Stubber(client) as stub:
+        yield client, stub
+        stub.assert_no_pending_responses()
+
+
+def secret_response(name: str, value: str) -> dict[str, object]:
+    return {
+        "ARN": f"arn:aws:secretsmanager:us-east-1:123456789012:secret:{name}",
+        "Name": name,
+        "SecretString": value,
+    }
+
+
+def test_environment_key_comes_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-from-env-123456")
+    monkeypatch.setenv("POLYROUTE_SECRET_ANTHROPIC", "prod/anthropic")
+    assert secrets.api_key("anthropic", client=object()) == "sk-ant-from-env-123456"
+    assert secrets.has_api_key("anthropic")
+
+
+def test_no_key_anywhere() -> None:
+    assert secrets.api_key("openai") is None
+    assert not secrets.has_api_key("openai")
+
+
+def test_secret_is_read_once_per_process(
+    monkeypatch: pytest.MonkeyPatch, sm: tuple[object, Stubber]
+) -> None:
+    client, stub = sm
+    monkeypatch.setenv("POLYROUTE_SECRET_OPENAI", "prod/openai")
+    stub.add_response(
+        "get_secret_value",
+        secret_response("prod/openai", "sk-proj-secret-0123456789"),
+        {"SecretId": "prod/openai"},
+    )
+    assert secrets.has_api_key("openai")
+    assert secrets.api_key("openai", client) == "sk-proj-secret-0123456789"
+    # a second read is served from the cache: the stub has no second response to give
+    assert secrets.api_key("openai", client) == "sk-proj-secret-0123456789"
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        json.dumps({"api_key": "sk-ant-json-0123456789"}),
+        json.dumps({"ANTHROPIC_API_KEY": "sk-ant-json-0123456789"}),
+    ],
+)
+def test_secret_may_be_json(
+    monkeypatch: pytest.MonkeyPatch, sm: tuple[object, Stubber], value: str
+) -> None:
+    client, stub = sm
+    monkeypatch.setenv("POLYROUTE_SECRET_ANTHROPIC", "prod/anthropic")
+    stub.add_response("get_secret_value", secret_response("prod/anthropic", value))
+    assert secrets.api_key("anthropic", client) == "sk-ant-json-0123456789"
+
+
+def test_unreadable_secret_names_the_secret_not_a_value(
+    monkeypatch: pytest.MonkeyPatch, sm: tuple[object, Stubber]
+) -> None:
+    client, stub = sm
+    monkeypatch.setenv("POLYROUTE_SECRET_ANTHROPIC", "prod/anthropic")
+    stub.add_client_error(
+        "get_secret_value", service_error_code="AccessDeniedException", http_status_code=400
+    )
+    with pytest.raises(AuthenticationError, match=r"'prod/anthropic'.*AccessDeniedException"):
+        secrets.api_key("anthropic", client)
+
+
+def test_a_read_secret_is_redacted_everywhere(
+    monkeypatch: pytest.MonkeyPatch, sm: tuple[object, Stubber]
+) -> None:
+    client, stub = sm
+    monkeypatch.setenv("POLYROUTE_SECRET_OPENAI", "prod/openai")
+    stub.add_response("get_secret_value", secret_response("prod/openai", "plain-token-abcdef12"))
+    token = secrets.api_key("openai", client)
+    assert token is not None
+    assert secrets.redact(f"server said: token {token} rejected") == (
+        "server said: token [redacted] rejected"
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "leak"),
+    [
+        ("invalid x-api-key sk-ant-api03-AbC_dEf-123456789", "sk-ant-api03"),
+        ("Incorrect API key provided: sk-proj-AbCdEf0123456789", "sk-proj-AbCdEf"),
+        ("Authorization: Bearer eyJhbGciOiJIUzI1NiJ9.payload.sig", "eyJhbGciOi"),
+        ("credential AKIAIOSFODNN7EXAMPLE/20261127", "AKIAIOSFODNN7EXAMPLE"),
+        ("x-api-key: 0123456789abcdefABCDEF", "0123456789abcdef"),
+    ],
+)
+def test_redact_removes_key_shapes(text: str, leak: str) -> None:
+    out = secrets.redact(text)
+    assert leak not in out and "[redacted]" in out
+
+
+def test_redact_keeps_ordinary_words() -> None:
+    text = "openai gpt-4o: HTTP 401 invalid_api_key: Incorrect API key provided"
+    assert secrets.redact(text) == text
