@@ -52,6 +52,7 @@ FUNCTIONS = {
     "Compressor": "compressor",
     "ModelExecutor": "model_executor",
     "Finalizer": "finalizer",
+    "Batch": "batch",
 }
 _QUIET_ENV = {
     "POWERTOOLS_TRACE_DISABLED": "true",
@@ -71,6 +72,7 @@ def function_arn(construct: str) -> str:
 def substitutions(extra: dict[str, str] | None = None) -> dict[str, str]:
     """Every ``${...FunctionArn}`` of the ASL, as this local account names the functions."""
     subs = {f"{name}FunctionArn": function_arn(name) for name in FUNCTIONS}
+    subs["BucketName"] = BUCKET
     subs.update(extra or {})
     return subs
 
@@ -123,7 +125,7 @@ def load_handlers(lambdas_dir: Path = LAMBDAS_DIR) -> dict[str, Callable[..., An
     if str(lambdas_dir) not in sys.path:
         sys.path.insert(0, str(lambdas_dir))
     handlers: dict[str, Callable[..., Any]] = {}
-    for module in [*FUNCTIONS.values(), "api", "batch"]:
+    for module in [*FUNCTIONS.values(), "api"]:
         path = lambdas_dir / f"{module}.py"
         if not path.is_file():
             continue
@@ -247,6 +249,15 @@ class LocalStepFunctions:
         """The orchestrator state machine, from the real ASL file."""
         text = substitute(ORCHESTRATOR_ASL.read_text(encoding="utf-8"), substitutions())
         return self.create(text, "polyroute-orchestrator")
+
+    def batch_machine(self, definition: str) -> str:
+        """The batch workflow (Standard). moto's interpreter knows no ``EXPRESS`` execution
+        type for a Distributed Map's children, so they run as ``STANDARD`` here: the one
+        difference from the deployed definition."""
+        text = substitute(definition, substitutions()).replace(
+            '"ExecutionType": "EXPRESS"', '"ExecutionType": "STANDARD"'
+        )
+        return self.create(text, "polyroute-batch", "STANDARD")
 
     def start(self, machine: str, payload: Any, name: str) -> str:
         arn: str = self.sfn.start_execution(

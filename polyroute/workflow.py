@@ -734,9 +734,17 @@ class Workflow:
 
     def record_failure(self, event: dict[str, Any]) -> dict[str, str]:
         """A run that ended in an error (an invalid plan, a function that failed): record it
-        for ``GET /v1/tasks`` and return the clean error and cause for the ``Fail`` state."""
+        for ``GET /v1/tasks`` and return the clean error and cause for the ``Fail`` state.
+
+        The event is the failed state's input plus the caught ``error``: the execution input
+        (with ``taskId``) when classification failed, else the workflow ``state``."""
         name, message = _error_of(event.get("error") or {})
         task_id = str(event.get("taskId") or "")
+        if not task_id and "state" in event:
+            try:
+                task_id = self.load_state(event["state"]).task_id
+            except (PolyrouteError, ValueError):
+                task_id = ""
         if self.results is not None and task_id:
             self.results.failed(task_id, f"{name}: {message}", self._now())
         return {"Error": name, "Cause": message}
@@ -909,3 +917,155 @@ __all__ = [
     "WorkflowState",
     "is_ref",
 ]
+
+
+# --- batches: a JSONL file in the bucket, one child execution per line ----------------------
+
+BATCH_PREFIX = "batches/"
+BATCH_RESULTS_PREFIX = "batch-results/"
+BATCH_WORK_PREFIX = "batch-work/"
+
+
+class BatchItem(WireModel):
+    """One line of a batch as the Distributed Map reads it: the child execution's input."""
+
+    line: int
+    task_id: str
+    task: dict[str, Any]
+
+
+class PreparedBatch(WireModel):
+    """What ``prepare_batch`` wrote, and where the results will go."""
+
+    bucket: str
+    key: str
+    name: str
+    items_key: str
+    results_prefix: str
+    count: int
+    invalid: list[dict[str, Any]] = Field(default_factory=list)
+    max_concurrency: int = 10
+
+
+def batch_name(key: str) -> str:
+    """``batches/team/nightly.jsonl`` -> ``team/nightly``."""
+    name = key.removeprefix(BATCH_PREFIX)
+    return name.removesuffix(".jsonl") or "batch"
+
+
+def parse_batch_lines(text: str, stem: str) -> tuple[list[tuple[int, str, Task]], list[Any]]:
+    """Valid tasks (line, task id, task) and invalid lines (as ``BatchRecord``s).
+
+    Blank lines and ``#`` comments are skipped, as in ``polyroute batch``; attachments must be
+    inline (a path means nothing in the bucket)."""
+    from polyroute.api import parse_task_body
+    from polyroute.batch import BatchRecord
+    from polyroute.errors import InputError
+
+    valid: list[tuple[int, str, Task]] = []
+    invalid: list[BatchRecord] = []
+    seen: set[str] = set()
+    for n, raw in enumerate(text.splitlines(), 1):
+        stripped = raw.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        try:
+            task = parse_task_body(json.loads(stripped))
+        except json.JSONDecodeError as exc:
+            invalid.append(BatchRecord(line=n, status="invalid", error=f"invalid JSON: {exc.msg}"))
+            continue
+        except InputError as exc:
+            invalid.append(BatchRecord(line=n, status="invalid", error=str(exc)))
+            continue
+        task_id = task.task_id or f"{stem.replace('/', '-')}-{n}"
+        if task_id in seen:
+            invalid.append(
+                BatchRecord(line=n, task_id=task_id, status="invalid", error="duplicate taskId")
+            )
+            continue
+        seen.add(task_id)
+        valid.append((n, task_id, task))
+    return valid, invalid
+
+
+def prepare_batch(
+    s3: Any, spiller: Spiller, bucket: str, key: str, max_concurrency: int = 10
+) -> PreparedBatch:
+    """Read a JSONL batch, validate each line, write the Map's items file (JSON array)."""
+    text = s3.get_object(Bucket=bucket, Key=key)["Body"].read().decode("utf-8", "replace")
+    name = batch_name(key)
+    valid, invalid = parse_batch_lines(text, name)
+    items = [
+        BatchItem(line=n, task_id=tid, task=spiller.maybe_spill(task.to_wire(), "task")).to_wire()
+        for n, tid, task in valid
+    ]
+    items_key = f"{BATCH_WORK_PREFIX}{name}/items.json"
+    s3.put_object(Bucket=bucket, Key=items_key, Body=json.dumps(items).encode())
+    return PreparedBatch(
+        bucket=bucket,
+        key=key,
+        name=name,
+        items_key=items_key,
+        results_prefix=f"{BATCH_RESULTS_PREFIX}{name}/",
+        count=len(items),
+        invalid=[r.to_wire() for r in invalid],
+        max_concurrency=max_concurrency,
+    )
+
+
+def summarize_batch(s3: Any, results: ResultStore, prepared: PreparedBatch) -> dict[str, Any]:
+    """Collect every line's recorded status into ``results.jsonl`` and ``summary.json``
+    beside each other under ``batch-results/<name>/`` (the same records and summary as
+    ``polyroute batch`` writes locally)."""
+    from polyroute.batch import BatchRecord, summarize
+
+    items = json.loads(s3.get_object(Bucket=prepared.bucket, Key=prepared.items_key)["Body"].read())
+    records = [BatchRecord.model_validate(r) for r in prepared.invalid]
+    for raw in items:
+        item = BatchItem.model_validate(raw)
+        status = results.get(item.task_id)
+        if status is None or status.status == "running":
+            records.append(
+                BatchRecord(
+                    line=item.line,
+                    task_id=item.task_id,
+                    status="failed",
+                    error="no result was recorded for this task",
+                )
+            )
+        elif status.result is None:
+            records.append(
+                BatchRecord(
+                    line=item.line, task_id=item.task_id, status="failed", error=status.error
+                )
+            )
+        else:
+            r = status.result
+            records.append(
+                BatchRecord(
+                    line=item.line,
+                    task_id=item.task_id,
+                    status=r.status,
+                    stop_reason=r.stop_reason,
+                    cost_usd=r.totals.cost_usd,
+                    baseline_cost_usd=r.baseline.cost_usd,
+                    error=next((s.error for s in r.steps if s.error), None),
+                    result=r,
+                )
+            )
+    records.sort(key=lambda rec: rec.line)
+    lines = "".join(json.dumps(rec.to_wire(), separators=(",", ":")) + "\n" for rec in records)
+    summary = summarize(records)
+    results_key = f"{prepared.results_prefix}results.jsonl"
+    summary_key = f"{prepared.results_prefix}summary.json"
+    s3.put_object(Bucket=prepared.bucket, Key=results_key, Body=lines.encode())
+    s3.put_object(
+        Bucket=prepared.bucket, Key=summary_key, Body=json.dumps(summary.to_wire()).encode()
+    )
+    return {
+        "results": f"s3://{prepared.bucket}/{results_key}",
+        "summary": f"s3://{prepared.bucket}/{summary_key}",
+        "tasks": summary.tasks,
+        "byStatus": summary.by_status,
+        "costUsd": summary.cost_usd,
+    }

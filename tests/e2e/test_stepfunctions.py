@@ -123,14 +123,32 @@ def test_a_budget_that_runs_out_ends_partial() -> None:
             "constraints": {"maxTokenBudget": 5000},
             "plan": {
                 "steps": [
-                    {"id": "summarize", "type": "summarization", "useAttachments": True,
-                     "description": "Summarise the diff."},
-                    {"id": "security", "type": "review", "dependsOn": ["summarize"],
-                     "useAttachments": True, "description": "Review security."},
-                    {"id": "perf", "type": "review", "dependsOn": ["summarize"],
-                     "useAttachments": True, "description": "Review performance."},
-                    {"id": "verdict", "type": "classification",
-                     "dependsOn": ["security", "perf"], "description": "Verdict."},
+                    {
+                        "id": "summarize",
+                        "type": "summarization",
+                        "useAttachments": True,
+                        "description": "Summarise the diff.",
+                    },
+                    {
+                        "id": "security",
+                        "type": "review",
+                        "dependsOn": ["summarize"],
+                        "useAttachments": True,
+                        "description": "Review security.",
+                    },
+                    {
+                        "id": "perf",
+                        "type": "review",
+                        "dependsOn": ["summarize"],
+                        "useAttachments": True,
+                        "description": "Review performance.",
+                    },
+                    {
+                        "id": "verdict",
+                        "type": "classification",
+                        "dependsOn": ["security", "perf"],
+                        "description": "Verdict.",
+                    },
                 ]
             },
         }
@@ -172,8 +190,12 @@ def test_results_over_a_mebibyte_succeed_with_every_state_under_256_kib() -> Non
             "plan": {
                 "steps": [
                     *parts,
-                    {"id": "combine", "type": "summarization",
-                     "dependsOn": [p["id"] for p in parts], "description": "Combine."},
+                    {
+                        "id": "combine",
+                        "type": "summarization",
+                        "dependsOn": [p["id"] for p in parts],
+                        "description": "Combine.",
+                    },
                 ]
             },
         }

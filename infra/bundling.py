@@ -1,0 +1,95 @@
+"""The Lambda code asset, built without Docker.
+
+``pip install --platform manylinux2014_aarch64 --only-binary=:all:`` puts the project's
+runtime dependencies (wheels for Lambda's arm64 Python) into the asset directory, then the
+``polyroute`` package and the ``lambdas/`` handlers are copied beside them. boto3 is left out:
+the Lambda runtime has it. With the context flag ``polyroute:bundle=source`` (tests, offline
+synth) the asset is the ``lambdas/`` folder as it is, and nothing is installed.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import jsii
+from aws_cdk import BundlingOptions, DockerImage, ILocalBundling
+from aws_cdk import aws_lambda as lambda_
+
+ROOT = Path(__file__).resolve().parents[1]
+PYTHON_VERSION = "3.14"
+RUNTIME = lambda_.Runtime.PYTHON_3_14
+PLATFORM = "manylinux2014_aarch64"
+# Provided by the Lambda runtime; bundling it would only add size.
+PROVIDED = {"boto3", "botocore", "s3transfer", "jmespath"}
+
+
+def requirements(extras: tuple[str, ...] = ("aws", "providers")) -> list[str]:
+    """The project's runtime requirements (dependencies plus ``extras``), from pyproject."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text("utf-8"))["project"]
+    reqs = list(project["dependencies"])
+    for extra in extras:
+        reqs.extend(project.get("optional-dependencies", {}).get(extra, []))
+    out: list[str] = []
+    for req in reqs:
+        name = req.split("[")[0].split(">")[0].split("=")[0].split("<")[0].strip().lower()
+        if name not in PROVIDED and req not in out:
+            out.append(req)
+    return out
+
+
+@jsii.implements(ILocalBundling)
+class PipLocalBundling:
+    """Bundles on this machine with pip (no Docker)."""
+
+    def try_bundle(self, output_dir: str, *, image: DockerImage, **_: Any) -> bool:
+        out = Path(output_dir)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "--target",
+                str(out),
+                "--platform",
+                PLATFORM,
+                "--implementation",
+                "cp",
+                "--python-version",
+                PYTHON_VERSION,
+                "--only-binary=:all:",
+                *requirements(),
+            ],
+            check=True,
+        )
+        shutil.copytree(
+            ROOT / "polyroute",
+            out / "polyroute",
+            dirs_exist_ok=True,
+            ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
+        )
+        for handler in (ROOT / "lambdas").glob("*.py"):
+            shutil.copy2(handler, out / handler.name)
+        return True
+
+
+def lambda_code(mode: str) -> lambda_.Code:
+    """One code asset for every function: ``pip`` (deployable) or ``source`` (offline)."""
+    if mode == "source":
+        return lambda_.Code.from_asset(str(ROOT / "lambdas"))
+    return lambda_.Code.from_asset(
+        str(ROOT),
+        exclude=["*", "!polyroute/**", "!lambdas/**", "!pyproject.toml"],
+        bundling=BundlingOptions(
+            image=DockerImage.from_registry("public.ecr.aws/sam/build-python3.14"),
+            local=PipLocalBundling(),
+            command=["false"],
+        ),
+    )

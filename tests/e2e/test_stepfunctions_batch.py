@@ -1,0 +1,63 @@
+"""The batch path under moto: a JSONL file in the bucket, the batch workflow (the real ASL,
+its Distributed Map's children running the orchestrator's states), results and summary.
+
+moto's interpreter has no ``EXPRESS`` execution type for a Distributed Map's children: the
+test runs them as ``STANDARD``, the only change from the deployed definition."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from infra.asl import batch_definition, definition_text
+from polyroute.sfn_local import BUCKET, LocalStepFunctions
+
+from .test_stepfunctions import config
+
+pytest.importorskip("moto")
+
+
+def test_a_batch_of_20_tasks_runs_each_line_and_writes_results_and_a_summary() -> None:
+    lines = [json.dumps({"description": f"What is {i} plus {i}?"}) for i in range(20)]
+    lines.insert(5, "{not json")
+    lines.insert(
+        9,
+        json.dumps(
+            {
+                "description": "cyclic",
+                "plan": {
+                    "steps": [
+                        {"id": "a", "description": "a", "dependsOn": ["b"]},
+                        {"id": "b", "description": "b", "dependsOn": ["a"]},
+                    ]
+                },
+            }
+        ),
+    )
+    lines.insert(0, "# a comment line")
+    local = LocalStepFunctions(config())
+    with local.running():
+        machine = local.batch_machine(definition_text(batch_definition()))
+        key = "batches/nightly.jsonl"
+        local.s3.put_object(Bucket=BUCKET, Key=key, Body="\n".join(lines).encode())
+        execution = local.start(machine, {"bucket": BUCKET, "key": key}, "nightly")
+        desc = local.wait(execution)
+        assert desc["status"] == "SUCCEEDED", desc.get("cause")
+        body = local.s3.get_object(Bucket=BUCKET, Key="batch-results/nightly/results.jsonl")
+        records = [json.loads(x) for x in body["Body"].read().decode().splitlines()]
+        summary = json.loads(
+            local.s3.get_object(Bucket=BUCKET, Key="batch-results/nightly/summary.json")[
+                "Body"
+            ].read()
+        )
+    by_line = {r["line"]: r for r in records}
+    assert len(records) == 22
+    assert summary["tasks"] == 22
+    assert summary["byStatus"] == {"failed": 1, "invalid": 1, "succeeded": 20}
+    assert by_line[7]["status"] == "invalid"  # the line that is not JSON
+    assert "cycle: a -> b -> a" in by_line[11]["error"]
+    ok = [r for r in records if r["status"] == "succeeded"]
+    assert all(r["result"]["steps"][0]["model"] for r in ok)
+    assert summary["costUsd"] == pytest.approx(sum(r["costUsd"] for r in records))
+    assert [r["line"] for r in records] == sorted(by_line)

@@ -1,0 +1,166 @@
+"""Assertions on the synthesized CloudFormation template."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aws_cdk.assertions import Match
+
+from infra.asl import load, placeholders
+from infra.stack import ROLES
+
+ROLE_HANDLERS = {f"{module}.handler" for module, _, _ in ROLES.values()}
+
+
+def resources(template: Any, kind: str) -> dict[str, Any]:
+    found: dict[str, Any] = template.find_resources(kind)
+    return found
+
+
+def test_seven_role_functions_plus_api_and_batch_on_arm64_python_with_tracing(
+    synthesized: Any,
+) -> None:
+    _, _, template = synthesized
+    functions = {
+        k: f
+        for k, f in resources(template, "AWS::Lambda::Function").items()
+        if f["Properties"]["Handler"] != "index.handler"  # CDK's bucket-notification helper
+    }
+    handlers = {f["Properties"]["Handler"] for f in functions.values()}
+    assert handlers >= ROLE_HANDLERS
+    assert len(ROLE_HANDLERS) == 7
+    assert handlers - ROLE_HANDLERS == {"api.handler", "batch.handler"}
+    for fn in functions.values():
+        props = fn["Properties"]
+        assert props["Architectures"] == ["arm64"]
+        assert props["Runtime"].startswith("python3.")
+        assert int(props["Runtime"].split(".")[1]) >= 12
+        assert props["TracingConfig"] == {"Mode": "Active"}
+        env = props["Environment"]["Variables"]
+        assert "POLYROUTE_BUCKET" in env and env["POWERTOOLS_SERVICE_NAME"] == "polyroute"
+
+
+def test_the_orchestrator_is_an_express_workflow_with_logging_and_tracing(
+    synthesized: Any,
+) -> None:
+    _, _, template = synthesized
+    machines = resources(template, "AWS::StepFunctions::StateMachine")
+    kinds = sorted(m["Properties"].get("StateMachineType", "STANDARD") for m in machines.values())
+    assert kinds == ["EXPRESS", "STANDARD", "STANDARD"]
+    for machine in machines.values():
+        props = machine["Properties"]
+        assert props["TracingConfiguration"] == {"Enabled": True}
+        logging = props["LoggingConfiguration"]
+        assert logging["Level"] == "ALL" and logging["IncludeExecutionData"] is True
+        needed = placeholders(json.dumps(props["DefinitionString"]))
+        assert needed <= set(props["DefinitionSubstitutions"]), needed
+    express = next(
+        m for m in machines.values() if m["Properties"].get("StateMachineType") == "EXPRESS"
+    )
+    definition = express["Properties"]["DefinitionString"]
+    text = definition if isinstance(definition, str) else json.dumps(definition)
+    assert "${ModelExecutorFunctionArn}" in text
+
+
+def test_the_asl_files_placeholders_are_all_substituted(synthesized: Any) -> None:
+    _, _, template = synthesized
+    machines = resources(template, "AWS::StepFunctions::StateMachine").values()
+    given = set().union(*(m["Properties"]["DefinitionSubstitutions"] for m in machines))
+    assert placeholders(load("orchestrator")) <= given
+    assert placeholders(load("batch")) <= given
+
+
+def test_the_api_has_the_contracts_routes_with_iam_auth_and_body_validation(
+    synthesized: Any,
+) -> None:
+    _, _, template = synthesized
+    paths = {
+        r["Properties"]["PathPart"]
+        for r in resources(template, "AWS::ApiGateway::Resource").values()
+    }
+    assert paths == {"v1", "tasks", "{taskId}"}
+    methods = resources(template, "AWS::ApiGateway::Method").values()
+    verbs = sorted(m["Properties"]["HttpMethod"] for m in methods)
+    assert verbs == ["GET", "POST"]
+    for method in methods:
+        assert method["Properties"]["AuthorizationType"] == "AWS_IAM"
+        assert method["Properties"]["Integration"]["Type"] == "AWS_PROXY"
+    post = next(m for m in methods if m["Properties"]["HttpMethod"] == "POST")
+    assert "application/json" in post["Properties"]["RequestModels"]
+    assert "RequestValidatorId" in post["Properties"]
+    model = next(iter(resources(template, "AWS::ApiGateway::Model").values()))
+    schema = model["Properties"]["Schema"]
+    assert schema["$schema"].startswith("http://json-schema.org/draft-04")
+    assert schema["required"] == ["description"]
+    assert schema["additionalProperties"] is False
+    assert "$ref" not in json.dumps(schema) and "$defs" not in schema
+    template.has_resource_properties(
+        "AWS::ApiGateway::RequestValidator", {"ValidateRequestBody": True}
+    )
+    template.has_resource_properties(
+        "AWS::ApiGateway::Stage", {"TracingEnabled": True, "AccessLogSetting": Match.any_value()}
+    )
+
+
+def test_an_upload_to_batches_and_a_schedule_start_the_batch_workflow(synthesized: Any) -> None:
+    _, _, template = synthesized
+    rules = list(resources(template, "AWS::Events::Rule").values())
+    upload = next(r for r in rules if "EventPattern" in r["Properties"])
+    pattern = upload["Properties"]["EventPattern"]
+    assert pattern["source"] == ["aws.s3"] and pattern["detail-type"] == ["Object Created"]
+    assert pattern["detail"]["object"]["key"] == [{"wildcard": "batches/*.jsonl"}]
+    schedule = next(r for r in rules if "ScheduleExpression" in r["Properties"])
+    assert schedule["Properties"]["ScheduleExpression"] == "rate(1 day)"
+    for rule in (upload, schedule):
+        target = rule["Properties"]["Targets"][0]
+        assert "BatchWorkflow" in json.dumps(target["Arn"])
+    template.has_resource_properties(
+        "Custom::S3BucketNotifications",
+        {"NotificationConfiguration": {"EventBridgeConfiguration": {}}},
+    )
+
+
+def test_the_spill_bucket_is_encrypted_private_tls_only_logged_and_expires(
+    synthesized: Any,
+) -> None:
+    _, _, template = synthesized
+    buckets = resources(template, "AWS::S3::Bucket")
+    spill = next(b for k, b in buckets.items() if k.startswith("SpillBucket"))
+    props = spill["Properties"]
+    assert props["BucketEncryption"]["ServerSideEncryptionConfiguration"]
+    assert props["PublicAccessBlockConfiguration"] == {
+        "BlockPublicAcls": True,
+        "BlockPublicPolicy": True,
+        "IgnorePublicAcls": True,
+        "RestrictPublicBuckets": True,
+    }
+    assert "LoggingConfiguration" in props
+    prefixes = {r.get("Prefix") for r in props["LifecycleConfiguration"]["Rules"]}
+    assert {"spill/", "batch-work/", "results/"} <= prefixes
+    policies = resources(template, "AWS::S3::BucketPolicy").values()
+    assert len(policies) == 2
+    for policy in policies:
+        denies = [
+            s for s in policy["Properties"]["PolicyDocument"]["Statement"] if s["Effect"] == "Deny"
+        ]
+        assert any(s["Condition"] == {"Bool": {"aws:SecureTransport": "false"}} for s in denies)
+
+
+def test_model_api_keys_are_secrets_only_the_model_calling_functions_read(
+    synthesized: Any,
+) -> None:
+    _, _, template = synthesized
+    assert len(resources(template, "AWS::SecretsManager::Secret")) == 2
+    policies = resources(template, "AWS::IAM::Policy")
+    readers = {
+        name.split("ServiceRole")[0]
+        for name, p in policies.items()
+        if "secretsmanager:GetSecretValue" in json.dumps(p["Properties"]["PolicyDocument"])
+    }
+    assert readers == {
+        "ClassifierFunction",
+        "PlannerFunction",
+        "ModelExecutorFunction",
+        "RouterFunction",
+    }
