@@ -82,8 +82,15 @@ def clients() -> dict[str, Any]:
     made = _state.get("clients")
     if made is None:
         import boto3
+        from botocore.config import Config
 
-        made = {"s3": boto3.client("s3"), "stepfunctions": boto3.client("stepfunctions")}
+        # A synchronous run is waited for at most this long (API Gateway gives up at 29 s).
+        wait_s = int(os.environ.get("POLYROUTE_SYNC_TIMEOUT_S", "60"))
+        sfn_config = Config(read_timeout=wait_s, retries={"max_attempts": 1})
+        made = {
+            "s3": boto3.client("s3"),
+            "stepfunctions": boto3.client("stepfunctions", config=sfn_config),
+        }
         _state["clients"] = made
     return made  # type: ignore[no-any-return]
 

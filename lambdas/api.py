@@ -1,0 +1,223 @@
+"""The Api function: API Gateway (REST, Lambda proxy) in front of Step Functions, speaking
+exactly ``polyroute.api``'s contract, as ``polyroute serve`` does locally.
+
+- ``POST /v1/tasks``: validated (400 naming the field, 413 over the size limit, 409 for a
+  ``taskId`` that exists), then run on the Express orchestrator with StartSyncExecution:
+  200 with a ``TaskStatus``. A run still going after ``POLYROUTE_SYNC_TIMEOUT_S`` (API
+  Gateway stops waiting at 29 s) is answered 202 with its id; it finishes and is recorded.
+- ``POST /v1/tasks?async=true``: started, 202 with ``TaskAccepted`` and a ``Location``. A task
+  whose deadline fits Express's 5 minutes runs there; any other runs on the Standard one.
+- ``GET /v1/tasks/{taskId}``: 200 with the recorded ``TaskStatus``, 404 if unknown.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from aws_lambda_powertools.utilities.typing import LambdaContext
+from polyroute_runtime import clients, logger, results, tracer, workflow
+
+from polyroute.api import MAX_BODY_BYTES, ApiError, TaskAccepted, TaskStatus, parse_task_body
+from polyroute.errors import InputError, PolyrouteError, UnknownModelError
+from polyroute.graph import validate_plan
+from polyroute.schema import RunResult, Task
+from polyroute.spill import Spiller
+from polyroute.taskfile import materialize
+from polyroute.workflow import ResultStore
+
+EXPRESS_LIMIT_S = 280  # Express runs at most 5 minutes; leave room to finish and record
+_TRUE = {"true", "1", "yes"}
+_FALSE = {"false", "0", "no", ""}
+_EXECUTION_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,80}$")
+
+
+class Refused(Exception):
+    """A client mistake: its status and one-line error body."""
+
+    def __init__(self, status: int, error: str, field: str | None = None) -> None:
+        super().__init__(error)
+        self.status = status
+        self.body = ApiError(error=error, field=field)
+
+
+def respond(status: int, body: Any, headers: dict[str, str] | None = None) -> dict[str, Any]:
+    """An API Gateway proxy response."""
+    return {
+        "statusCode": status,
+        "headers": {"Content-Type": "application/json", **(headers or {})},
+        "body": json.dumps(body.to_wire() if hasattr(body, "to_wire") else body),
+    }
+
+
+def _field_of(message: str) -> str | None:
+    head = message.split(":", 1)[0]
+    return head if head and " " not in head else None
+
+
+def _async_flag(params: dict[str, str] | None) -> bool:
+    value = (params or {}).get("async")
+    if value is None or value.lower() in _FALSE:
+        return False
+    if value.lower() in _TRUE:
+        return True
+    raise Refused(400, f"async: expected true or false, got {value!r}", field="async")
+
+
+def validate(event: dict[str, Any], models: Any) -> Task:
+    """The request body as a Task, checked as ``polyroute serve`` checks it."""
+    raw = event.get("body") or ""
+    data = base64.b64decode(raw) if event.get("isBase64Encoded") else raw.encode()
+    if len(data) > MAX_BODY_BYTES:
+        raise Refused(413, f"body is {len(data)} bytes; the limit is {MAX_BODY_BYTES}")
+    try:
+        body = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise Refused(400, f"body is not valid JSON ({exc})") from None
+    try:
+        task = parse_task_body(body)
+        if task.plan is not None:
+            try:
+                validate_plan(task.plan, task.constraints.max_steps)
+            except PolyrouteError as exc:
+                raise Refused(400, f"plan.steps: {exc}", field="plan.steps") from None
+            for i, step in enumerate(task.plan.steps):
+                if step.model is not None:
+                    try:
+                        models.get(step.model)
+                    except UnknownModelError as exc:
+                        where = f"plan.steps.{i}.model"
+                        raise Refused(400, f"{where}: {exc}", field=where) from None
+        materialize(task.attachments)
+    except InputError as exc:
+        raise Refused(400, str(exc), field=_field_of(str(exc))) from None
+    return task
+
+
+def fits_express(task: Task, now: datetime) -> bool:
+    """True when the task's own deadline ends within an Express execution's limit."""
+    limits: list[float] = []
+    if task.constraints.timeout_seconds is not None:
+        limits.append(task.constraints.timeout_seconds)
+    if task.constraints.deadline is not None:
+        limits.append((task.constraints.deadline - now).total_seconds())
+    return bool(limits) and min(limits) <= EXPRESS_LIMIT_S
+
+
+def post_task(
+    event: dict[str, Any],
+    *,
+    sfn: Any,
+    store: ResultStore,
+    spiller: Spiller,
+    models: Any,
+    env: dict[str, str],
+    now: datetime,
+) -> dict[str, Any]:
+    """``POST /v1/tasks``: validate, record, start; answer 200, 202 or an error."""
+    wait = not _async_flag(event.get("queryStringParameters"))
+    task = validate(event, models)
+    task_id = task.task_id or uuid.uuid4().hex[:16]
+    if not _EXECUTION_NAME.match(task_id):
+        raise Refused(400, "taskId: 1-80 letters, digits, '_', '.' or '-'", field="taskId")
+    if store.get(task_id) is not None:
+        raise Refused(
+            409,
+            f"taskId {task_id!r} already exists: GET /v1/tasks/{task_id} for it, or leave"
+            " taskId out to have a new one made",
+            field="taskId",
+        )
+    store.put(TaskStatus(task_id=task_id, status="running", created_at=now, updated_at=now))
+    payload = json.dumps({"task": spiller.maybe_spill(task.to_wire(), "task"), "taskId": task_id})
+    location = f"/v1/tasks/{task_id}"
+    accepted = respond(
+        202, TaskAccepted(task_id=task_id, location=location), {"Location": location}
+    )
+    if not wait:
+        express = fits_express(task, now)
+        machine = env["POLYROUTE_EXPRESS_ARN" if express else "POLYROUTE_STANDARD_ARN"]
+        sfn.start_execution(stateMachineArn=machine, name=task_id, input=payload)
+        return accepted
+    try:
+        out = sfn.start_sync_execution(
+            stateMachineArn=env["POLYROUTE_EXPRESS_ARN"], name=task_id, input=payload
+        )
+    except Exception as exc:
+        if "timeout" in type(exc).__name__.lower() or "timed out" in str(exc).lower():
+            logger.info("sync run outlasted the API's wait; answering 202", extra={"id": task_id})
+            return accepted
+        raise
+    if out.get("status") == "SUCCEEDED":
+        result = RunResult.model_validate(spiller.resolve(json.loads(out["output"])))
+        status = TaskStatus(
+            task_id=task_id,
+            status=result.status,
+            result=result,
+            created_at=now,
+            updated_at=result.finished_at,
+        )
+    else:
+        error = f"{out.get('error') or out.get('status')}: {out.get('cause') or ''}".strip(": ")
+        status = store.get(task_id) or TaskStatus(task_id=task_id, status="failed")
+        if status.status == "running":
+            status = TaskStatus(
+                task_id=task_id, status="failed", error=error, created_at=now, updated_at=now
+            )
+            store.put(status)
+    return respond(200, status)
+
+
+def get_task(event: dict[str, Any], store: ResultStore) -> dict[str, Any]:
+    """``GET /v1/tasks/{taskId}``."""
+    task_id = (event.get("pathParameters") or {}).get("taskId") or ""
+    status = store.get(task_id) if _EXECUTION_NAME.match(task_id) else None
+    if status is None:
+        raise Refused(404, f"no task with id {task_id!r}", field="taskId")
+    return respond(200, status)
+
+
+def route(
+    event: dict[str, Any],
+    *,
+    sfn: Any,
+    store: ResultStore,
+    spiller: Spiller,
+    models: Any,
+    env: dict[str, str],
+    now: datetime,
+) -> dict[str, Any]:
+    """Dispatch one API Gateway proxy event; client mistakes become their error answers."""
+    method, resource = event.get("httpMethod"), event.get("resource")
+    try:
+        if resource == "/v1/tasks" and method == "POST":
+            return post_task(
+                event, sfn=sfn, store=store, spiller=spiller, models=models, env=env, now=now
+            )
+        if resource == "/v1/tasks/{taskId}" and method == "GET":
+            return get_task(event, store)
+        raise Refused(404, f"no route {method} {event.get('path') or resource}")
+    except Refused as exc:
+        return respond(exc.status, exc.body)
+
+
+@logger.inject_lambda_context
+@tracer.capture_lambda_handler(capture_response=False)
+def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    store = results()
+    if store is None:
+        raise RuntimeError("POLYROUTE_BUCKET is not set")
+    wf = workflow()
+    return route(
+        event,
+        sfn=clients()["stepfunctions"],
+        store=store,
+        spiller=wf.spiller,
+        models=wf.cfg.registry,
+        env=dict(os.environ),
+        now=datetime.now(UTC),
+    )
