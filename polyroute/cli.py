@@ -189,6 +189,7 @@ def _registry_and_policy(args: argparse.Namespace) -> tuple[Any, Any]:
 
 
 def _make_engine(args: argparse.Namespace) -> Any:
+    from polyroute.circuit import CircuitBreaker
     from polyroute.engine import Engine, EngineConfig
     from polyroute.execute import RetryPolicy
     from polyroute.providers.select import provider_selector
@@ -207,6 +208,7 @@ def _make_engine(args: argparse.Namespace) -> Any:
             seed=args.seed,
             retry=RetryPolicy(base_delay_s=0.5 * max(args.time_scale, 0.001)),
             today=args.on,
+            breaker=CircuitBreaker(),
         )
     )
 

@@ -34,6 +34,7 @@ from polyroute.errors import (
     PolyrouteError,
     ProviderError,
 )
+from polyroute.circuit import CircuitBreaker
 from polyroute.execute import RetriesExhaustedError, RetryPolicy, call_with_retries
 from polyroute.graph import critical_path, validate_plan, waves
 from polyroute.planner import ModelPlanner, needs_planner, single_step_plan
@@ -90,6 +91,7 @@ class EngineConfig:
     today: date | None = None
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
     on_step: Callable[[StepResult], None] | None = None
+    breaker: CircuitBreaker | None = None
 
 
 @dataclass
@@ -353,8 +355,18 @@ class Engine:
         inp = step_input(
             view, step, docs, images, image_tokens, task_class, single, self.local_classifier
         )
+        b = self.cfg.breaker
+        # A pinned step reaches its call even with an open circuit (it then fails over).
+        open_models = b.open_models() if b is not None and step.model is None else frozenset()
         decision = route_step(
-            self.engine_route, step, inp, run.budget, self.cfg.clock(), run.today()
+            self.engine_route,
+            step,
+            inp,
+            run.budget,
+            self.cfg.clock(),
+            run.today(),
+            unavailable=open_models,
+            unavailable_reason=b.reason() if b is not None else "",
         )
         state.decision = decision
         res.model, res.rule, res.reason = decision.model, decision.rule, decision.reason
@@ -366,6 +378,8 @@ class Engine:
             if i > 0:
                 # Re-check the fallback against what is left now, with its own window.
                 if not fallback_ok(spec, decision, run.today(), inp.required):
+                    continue
+                if b is not None and b.is_open(spec.id):
                     continue
                 res.fallback_from = res.fallback_from or decision.model
                 res.reason = fallback_reason(decision, chain[0], last_error)
@@ -409,7 +423,13 @@ class Engine:
         req = model_request(spec, step, packed.input, images, packed.out_tokens, self.cfg.seed)
         try:
             call = await call_with_retries(
-                provider, req, self.cfg.retry, run.rng, run.time_left_s, self.cfg.sleep
+                provider,
+                req,
+                self.cfg.retry,
+                run.rng,
+                run.time_left_s,
+                self.cfg.sleep,
+                breaker=self.cfg.breaker,
             )
         except RetriesExhaustedError as exc:
             run.budget.release(reservation)
@@ -540,8 +560,11 @@ def route_step(
     budget: Budget,
     now: datetime,
     today: date,
+    unavailable: frozenset[str] = frozenset(),
+    unavailable_reason: str = "",
 ) -> RouteDecision:
-    """Enforce the deadline and ``maxSteps``, then route the step against what is left."""
+    """Enforce the deadline and ``maxSteps``, then route the step against what is left,
+    around models whose circuit is open."""
     left_ms = budget.time_left_ms(now)
     if left_ms is not None and left_ms <= 0:
         raise DeadlineExceededError("deadline passed before the step could start")
@@ -558,6 +581,8 @@ def route_step(
             tokens_left=budget.tokens_left(),
             time_left_ms=left_ms,
             today=today,
+            unavailable=unavailable,
+            unavailable_reason=unavailable_reason or "circuit open after repeated failures",
         )
     )
 
