@@ -31,6 +31,9 @@ typecheck: $(STAMP)
 
 check: test lint typecheck
 
+synth: $(STAMP)
+	$(BIN)/python app.py
+
 bench: $(STAMP)
 	$(BIN)/python benchmarks/engine_bench.py
 

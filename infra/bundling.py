@@ -69,6 +69,11 @@ class PipLocalBundling:
             ],
             check=True,
         )
+        # Dependencies of dependencies (aws-xray-sdk needs botocore) the runtime already has.
+        for entry in out.iterdir():
+            top = entry.name.split("-")[0].lower()
+            if top in PROVIDED and (entry.is_dir() or entry.suffix == ".dist-info"):
+                shutil.rmtree(entry, ignore_errors=True)
         shutil.copytree(
             ROOT / "polyroute",
             out / "polyroute",
