@@ -18,6 +18,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from polyroute.budget import Budget
+from polyroute.circuit import CircuitBreaker
 from polyroute.classify import ClassifyInput, LocalClassifier, ModelClassifier
 from polyroute.compress import (
     CompressedInput,
@@ -34,7 +35,6 @@ from polyroute.errors import (
     PolyrouteError,
     ProviderError,
 )
-from polyroute.circuit import CircuitBreaker
 from polyroute.execute import RetriesExhaustedError, RetryPolicy, call_with_retries
 from polyroute.graph import critical_path, validate_plan, waves
 from polyroute.planner import ModelPlanner, needs_planner, single_step_plan
