@@ -74,9 +74,10 @@ def _engine_options(p: argparse.ArgumentParser) -> None:
     _config_options(p)
     p.add_argument(
         "--engine",
-        choices=["local"],
+        choices=["local", "stepfunctions-local"],
         default="local",
-        help="where the run executes (default: local, in-process)",
+        help="local (in-process asyncio, default) or stepfunctions-local (the real state "
+        "machine under moto, each Lambda handler run in-process)",
     )
     p.add_argument(
         "--provider",
@@ -166,10 +167,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _register_extensions(sub: Any) -> None:
-    from polyroute import cli_routing, cli_tools
+    from polyroute import cli_aws, cli_routing, cli_tools
 
     cli_routing.register(sub)
     cli_tools.register(sub)
+    cli_aws.register(sub)
 
 
 def _version() -> str:
