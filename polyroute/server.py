@@ -32,6 +32,7 @@ import ipaddress
 import json
 import logging
 import re
+import socket
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -531,12 +532,18 @@ def serve(
         import uvicorn
     except ImportError:
         raise InputError("serve: needs the 'serve' extra: pip install 'polyroute[serve]'") from None
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        sock = socket.create_server((host.strip("[]"), port), family=family)
+    except OSError as exc:
+        raise InputError(f"serve: cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    bound = sock.getsockname()[1]
     app = create_app(engine, store, token=token)
-    shown = f"[{host}]" if ":" in host else host
-    log.info("store: %s", store.path)
+    shown = f"[{host.strip('[]')}]" if ":" in host else host
     print(
-        f"polyroute serve: http://{shown}:{port}  (POST /v1/tasks, GET /v1/tasks/ID, "
+        f"polyroute serve: http://{shown}:{bound}  (POST /v1/tasks, GET /v1/tasks/ID, "
         f"/openapi.json; store {store.path}{'; bearer token required' if token else ''})",
         flush=True,
     )
-    uvicorn.run(app, host=host, port=port, log_level="info")
+    server = uvicorn.Server(uvicorn.Config(app, log_level="info"))
+    server.run(sockets=[sock])
