@@ -154,6 +154,10 @@ class TaskService:
         except (ValueError, RecursionError) as exc:
             raise _Refused(400, f"body is not valid JSON ({exc})") from None
         try:
+            fingerprint = request_fingerprint(data)
+        except UnicodeEncodeError:
+            raise _Refused(400, "body holds an unpaired surrogate escape, not Unicode") from None
+        try:
             task = parse_task_body(data)
             if task.plan is not None:
                 try:
@@ -170,7 +174,7 @@ class TaskService:
             materialize(task.attachments)
         except InputError as exc:
             raise _Refused(400, str(exc), field=_field_of(str(exc))) from None
-        return task, request_fingerprint(data)
+        return task, fingerprint
 
     @staticmethod
     def check_key(key: str | None) -> str | None:

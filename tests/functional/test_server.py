@@ -229,6 +229,7 @@ UNKNOWN_DEP = {
         (b'{"description": "x", "constraints": {"maxCostUsd": NaN}}', None),
         (b"\xff\xfe", None),
         (b"[" * 100_000, None),
+        (b'{"description": "x", "context": {"k": "\\udc00"}}', None),
         (json.dumps(PINNED_UNKNOWN).encode(), "plan.steps.0.model"),
         (json.dumps(UNKNOWN_DEP).encode(), "plan.steps"),
     ],
