@@ -32,9 +32,17 @@ TYPES = ["analysis", "implementation", "classification", "summarization", "revie
 def random_plan(n: int, rng: random.Random, max_deps: int = 3) -> Plan:
     steps = []
     for i in range(n):
-        deps = sorted({f"s{rng.randrange(i)}" for _ in range(rng.randint(0, max_deps))}) if i else []
-        steps.append(Step(id=f"s{i}", description=f"{rng.choice(TYPES)} part {i} of the job",
-                          type=rng.choice(TYPES), depends_on=deps))
+        deps = (
+            sorted({f"s{rng.randrange(i)}" for _ in range(rng.randint(0, max_deps))}) if i else []
+        )
+        steps.append(
+            Step(
+                id=f"s{i}",
+                description=f"{rng.choice(TYPES)} part {i} of the job",
+                type=rng.choice(TYPES),
+                depends_on=deps,
+            )
+        )
     return Plan(steps=steps)
 
 
@@ -42,9 +50,13 @@ class InstantProvider:
     name = "instant"
 
     async def request(self, req: ModelRequest) -> ModelResponse:
-        return ModelResponse(text=f"done {req.step_id}", usage=Usage(input_tokens=50,
-                             output_tokens=5), latency_ms=0.0, model=req.model.id,
-                             provider=self.name)
+        return ModelResponse(
+            text=f"done {req.step_id}",
+            usage=Usage(input_tokens=50, output_tokens=5),
+            latency_ms=0.0,
+            model=req.model.id,
+            provider=self.name,
+        )
 
 
 class SleepProvider:
@@ -57,23 +69,32 @@ class SleepProvider:
 
     async def request(self, req: ModelRequest) -> ModelResponse:
         await asyncio.sleep(self.latency[req.step_id])
-        return ModelResponse(text="ok", usage=Usage(input_tokens=10, output_tokens=5),
-                             latency_ms=self.latency[req.step_id] * 1000, model=req.model.id,
-                             provider=self.name)
+        return ModelResponse(
+            text="ok",
+            usage=Usage(input_tokens=10, output_tokens=5),
+            latency_ms=self.latency[req.step_id] * 1000,
+            model=req.model.id,
+            provider=self.name,
+        )
 
 
 def engine(provider: object, concurrency: int) -> Engine:
-    return Engine(EngineConfig(registry=load_registry(), policy=load_policy(),
-                               provider_for=lambda _s: provider,  # type: ignore[arg-type,return-value]
-                               concurrency=concurrency, today=date(2026, 11, 27)))
+    return Engine(
+        EngineConfig(
+            registry=load_registry(),
+            policy=load_policy(),
+            provider_for=lambda _s: provider,  # type: ignore[arg-type,return-value]
+            concurrency=concurrency,
+            today=date(2026, 11, 27),
+        )
+    )
 
 
 def overhead(n: int, repeats: int) -> float:
     per_step = []
     for r in range(repeats):
         plan = random_plan(n, random.Random(r))
-        task = Task(description="benchmark", plan=plan,
-                    constraints={"maxSteps": n})  # type: ignore[arg-type]
+        task = Task(description="benchmark", plan=plan, constraints={"maxSteps": n})  # type: ignore[arg-type]
         e = engine(InstantProvider(), concurrency=n)
         t0 = time.perf_counter()
         result = asyncio.run(e.run(task))
@@ -125,8 +146,10 @@ def main() -> int:
         wall, cp = makespan(n, seed)
         excess = 100 * (wall - cp) / cp
         ok &= excess < 5.0
-        print(f"| makespan vs critical path | {n} steps | {wall:.3f}s vs {cp:.3f}s "
-              f"(+{excess:.1f}%) | within 5% |")
+        print(
+            f"| makespan vs critical path | {n} steps | {wall:.3f}s vs {cp:.3f}s "
+            f"(+{excess:.1f}%) | within 5% |"
+        )
     ms = classifier_median(2000)
     ok &= ms < 1.0
     print(f"| local classifier (median per task) | 2,000 tasks | {ms:.3f} ms | < 1 ms |")

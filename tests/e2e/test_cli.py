@@ -34,8 +34,9 @@ def polyroute(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
     ],
 )
 def test_every_example_runs(example: str, code: int) -> None:
-    proc = polyroute("run", f"examples/{example}", "--time-scale", "0.001", "--json",
-                     "--on", "2026-11-27")
+    proc = polyroute(
+        "run", f"examples/{example}", "--time-scale", "0.001", "--json", "--on", "2026-11-27"
+    )
     assert proc.returncode == code, proc.stderr
     result = json.loads(proc.stdout)
     assert result["status"] == "succeeded"
@@ -43,16 +44,28 @@ def test_every_example_runs(example: str, code: int) -> None:
     for key in ("taskId", "status", "steps", "totals", "baseline", "savingsPct", "handoff"):
         assert key in result
     for step in result["steps"]:
-        for key in ("stepId", "model", "reason", "dependsOn", "status", "startedAt",
-                    "finishedAt", "durationMs", "usage", "costUsd", "attempts"):
+        for key in (
+            "stepId",
+            "model",
+            "reason",
+            "dependsOn",
+            "status",
+            "startedAt",
+            "finishedAt",
+            "durationMs",
+            "usage",
+            "costUsd",
+            "attempts",
+        ):
             assert key in step
     for key in ("costUsd", "inputTokens", "outputTokens", "durationMs", "criticalPathMs"):
         assert key in result["totals"]
 
 
 def test_table_output_says_it_is_simulated_and_shows_the_saving() -> None:
-    proc = polyroute("run", "examples/code_review.json", "--time-scale", "0.001",
-                     "--on", "2026-11-27")
+    proc = polyroute(
+        "run", "examples/code_review.json", "--time-scale", "0.001", "--on", "2026-11-27"
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("SIMULATED")
     assert "baseline: every step on" in proc.stdout
@@ -80,8 +93,10 @@ def test_budget_stop_exits_3_and_still_prints_the_partial_result(tmp_path: Path)
         ("{not json", "invalid JSON at line 1"),
         ('{"description": "x", "colour": "red"}', "colour: Extra inputs are not permitted"),
         ('{"description": ""}', "description"),
-        ('{"description": "x", "attachments": [{"kind": "image", "path": "nope.png"}]}',
-         "attachments.0.path: no such file nope.png"),
+        (
+            '{"description": "x", "attachments": [{"kind": "image", "path": "nope.png"}]}',
+            "attachments.0.path: no such file nope.png",
+        ),
         ('{"description": "x", "constraints": {"maxSteps": 0}}', "constraints.maxSteps"),
     ],
 )
@@ -130,8 +145,9 @@ def test_route_explains_its_decision() -> None:
     for key in ("model", "rule", "reason", "classification", "estimatedCostUsd", "candidates"):
         assert key in d
     assert all({"model", "eligible", "whyNot"} <= set(c) for c in d["candidates"])
-    proc = polyroute("route", "Plan a two-quarter migration to event-driven services",
-                     "--on", "2026-11-27")
+    proc = polyroute(
+        "route", "Plan a two-quarter migration to event-driven services", "--on", "2026-11-27"
+    )
     assert proc.returncode == 0 and "claude-opus-4-5" in proc.stdout
 
 
@@ -168,8 +184,17 @@ def test_schema_prints_the_json_schemas() -> None:
 
 
 def test_injected_failures_fall_back(tmp_path: Path) -> None:
-    proc = polyroute("run", "examples/code_review.json", "--time-scale", "0.001", "--json",
-                     "--fail", "claude-sonnet-4-5=529x3", "--on", "2026-11-27")
+    proc = polyroute(
+        "run",
+        "examples/code_review.json",
+        "--time-scale",
+        "0.001",
+        "--json",
+        "--fail",
+        "claude-sonnet-4-5=529x3",
+        "--on",
+        "2026-11-27",
+    )
     assert proc.returncode == 0, proc.stderr
     steps = {s["stepId"]: s for s in json.loads(proc.stdout)["steps"]}
     assert steps["tests"]["fallbackFrom"] == "claude-sonnet-4-5"

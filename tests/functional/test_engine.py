@@ -258,13 +258,26 @@ def test_facts_of_nearest_ancestors_reach_a_step_but_not_unrelated_ones() -> Non
 def test_an_open_circuit_routes_later_steps_around_the_model() -> None:
     from polyroute.circuit import CircuitBreaker
 
-    sim = SimulatedProvider(time_scale=0.0,
-                            failures=FailurePlan.parse(["claude-sonnet-4-5=529x20"]))
+    sim = SimulatedProvider(
+        time_scale=0.0, failures=FailurePlan.parse(["claude-sonnet-4-5=529x20"])
+    )
     breaker = CircuitBreaker(threshold=2, window_s=60, cooldown_s=600)
-    t = Task.model_validate({"description": "x", "plan": {"steps": [
-        {"id": "first", "description": "implement part one", "type": "implementation"},
-        {"id": "second", "description": "implement part two", "type": "implementation",
-         "dependsOn": ["first"]}]}})
+    t = Task.model_validate(
+        {
+            "description": "x",
+            "plan": {
+                "steps": [
+                    {"id": "first", "description": "implement part one", "type": "implementation"},
+                    {
+                        "id": "second",
+                        "description": "implement part two",
+                        "type": "implementation",
+                        "dependsOn": ["first"],
+                    },
+                ]
+            },
+        }
+    )
     result = asyncio.run(engine(sim, breaker=breaker).run(t))
     first, second = result.steps
     assert first.status == "succeeded" and first.fallback_from == "claude-sonnet-4-5"

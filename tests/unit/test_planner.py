@@ -21,15 +21,23 @@ class Scripted:
 
     async def request(self, req: ModelRequest) -> ModelResponse:
         self.prompts.append(req.prompt)
-        return ModelResponse(text=self.answers.pop(0), usage=Usage(input_tokens=300,
-                             output_tokens=200), latency_ms=1, model=req.model.id,
-                             provider=self.name)
+        return ModelResponse(
+            text=self.answers.pop(0),
+            usage=Usage(input_tokens=300, output_tokens=200),
+            latency_ms=1,
+            model=req.model.id,
+            provider=self.name,
+        )
 
 
-GOOD = ('{"steps": [{"id": "a", "description": "first", "type": "analysis"},'
-        ' {"id": "b", "description": "second", "dependsOn": ["a"]}]}')
-CYCLIC = ('{"steps": [{"id": "a", "description": "x", "dependsOn": ["b"]},'
-          ' {"id": "b", "description": "y", "dependsOn": ["a"]}]}')
+GOOD = (
+    '{"steps": [{"id": "a", "description": "first", "type": "analysis"},'
+    ' {"id": "b", "description": "second", "dependsOn": ["a"]}]}'
+)
+CYCLIC = (
+    '{"steps": [{"id": "a", "description": "x", "dependsOn": ["b"]},'
+    ' {"id": "b", "description": "y", "dependsOn": ["a"]}]}'
+)
 
 
 def test_parse_plan_validates() -> None:
