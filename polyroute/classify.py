@@ -100,7 +100,8 @@ def _local_router() -> Router:
 
 
 def score_complexity(text: str) -> tuple[float, Complexity]:
-    """The local router's score (chance the cheap model fails) and the complexity level its
+    """The local router's routing score (higher: more to gain from a strong model; it ranks
+    tasks, it is not a probability) and the complexity level its
     calibrated thresholds give."""
     from polyroute.routers.local import complexity_from_score
 

@@ -131,7 +131,8 @@ class Classification(WireModel):
     needs_vision: bool = False
     token_count: int = Field(ge=0)
     score: float | None = Field(
-        default=None, description="Estimated chance the cheap model fails (local router)."
+        default=None,
+        description="The local router's score in [0, 1]: higher, more to gain from a strong model.",
     )
     classifier: str = "local"
     cost_usd: float = 0.0

@@ -52,7 +52,13 @@ def _no_network(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 @pytest.fixture(autouse=True)
 def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for var in ("POLYROUTE_MODELS", "POLYROUTE_ROUTING", "ANTHROPIC_API_KEY", "OPENAI_API_KEY"):
+    for var in (
+        "POLYROUTE_MODELS",
+        "POLYROUTE_ROUTING",
+        "POLYROUTE_LOCAL_ROUTER",
+        "ANTHROPIC_API_KEY",
+        "OPENAI_API_KEY",
+    ):
         monkeypatch.delenv(var, raising=False)
     # Provider configuration a developer may have set: tests choose their own.
     for var in (
