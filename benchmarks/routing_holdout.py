@@ -24,7 +24,12 @@ from pathlib import Path
 from polyroute.routers import LengthRouter, RandomRouter
 from polyroute.routers.local import SHIPPED_MODEL, LocalModel, LocalRouter
 from polyroute.routers.train import TrainConfig, group_folds, out_of_group_scores
-from polyroute.routing_eval import RoutingDataset, evaluate_scores, load_routing_data
+from polyroute.routing_eval import (
+    RoutingDataset,
+    evaluate_scores,
+    load_routing_data,
+    plot_evaluation,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO / ".." / "shared" / "data" / "routing" / "mmlu"
@@ -151,6 +156,8 @@ def run(data: Path, folds: int, seed: int) -> tuple[str, dict[str, object]]:
         "perFold": per_fold,
         "pooled": {r: pooled.results[r].summary() for r in ROUTERS},
         "timing": times,
+        "evaluation": pooled,
+        "dataset": dataset,
     }
     return "\n".join(lines), figures
 
@@ -161,12 +168,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--folds", type=int, default=5, help="subject folds (default 5)")
     parser.add_argument("--seed", type=int, default=0, help="fold split and random router seed")
     parser.add_argument("--write", type=Path, help="also write the table into this markdown file")
+    parser.add_argument(
+        "--plot", type=Path, help="also draw the pooled held-out curves of every router (PNG)"
+    )
     args = parser.parse_args(argv)
     if not args.data.is_dir():
         print(f"error: {args.data}: no such folder", file=sys.stderr)
         return 2
-    table, _ = run(args.data, args.folds, args.seed)
+    table, figures = run(args.data, args.folds, args.seed)
     print(table)
+    if args.plot:
+        plot_evaluation(
+            args.plot,
+            figures["dataset"],  # type: ignore[arg-type]
+            figures["evaluation"],  # type: ignore[arg-type]
+            title=f"Held-out subjects ({args.folds} folds): accuracy against strong calls",
+        )
     if args.write:
         command = ".venv/bin/python benchmarks/routing_holdout.py"
         command += f" --folds {args.folds} --seed {args.seed}"

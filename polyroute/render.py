@@ -46,7 +46,7 @@ def _clip(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-def render_run(result: RunResult, reason_width: int = 64) -> str:
+def render_run(result: RunResult, reason_width: int = 200) -> str:
     """The run as a new user reads it: a banner, a table of steps, totals and the saving."""
     lines: list[str] = []
     if result.simulated:
@@ -64,30 +64,35 @@ def render_run(result: RunResult, reason_width: int = 64) -> str:
         lines.append(f"providers: {providers}")
     lines.append("")
     rows = []
+    notes: list[str] = []
     for s in result.steps:
-        why = s.reason if s.status != "skipped" or not s.error else s.error
-        if s.error and s.status in ("failed", "cancelled"):
-            why = f"{s.error}"
         rows.append(
             [
                 s.step_id,
                 s.status,
                 s.model or "-",
+                s.rule or "-",
                 f"{_prompt_tokens(s.usage):,}",
                 f"{s.usage.output_tokens:,}",
                 usd(s.cost_usd),
                 f"{s.duration_ms / 1000:.2f}s",
                 str(s.attempts),
-                _clip(why, reason_width),
             ]
         )
+        why = s.reason or ""
+        if s.error and s.status != "succeeded":
+            why = f"{s.status}: {s.error}" + (f" (routed: {s.reason})" if s.reason else "")
+        notes.append(_clip(f"  {s.step_id}: {why}", reason_width))
     lines.append(
         table(
-            ["step", "status", "model", "in", "out", "cost", "time", "tries", "why"],
+            ["step", "status", "model", "rule", "in", "out", "cost", "time", "tries"],
             rows,
-            right={3, 4, 5, 6, 7},
+            right={4, 5, 6, 7, 8},
         )
     )
+    lines.append("")
+    lines.append("why:")
+    lines.extend(notes)
     t = result.totals
     lines.append("")
     lines.append(

@@ -83,6 +83,8 @@ class Condition(BaseModel):
             parts.append("(" + " or ".join(s.describe() for s in self.any) + ")")
         if self.all:
             parts.append("(" + " and ".join(s.describe() for s in self.all) + ")")
+        if len(parts) == 1 and parts[0].startswith("("):
+            return parts[0][1:-1]
         return " and ".join(parts) or "always"
 
 
@@ -297,7 +299,10 @@ class Router:
                 via += f" (retired on {retired.lifecycle.retires_on}; successor {spec.id})"
             why = checks[spec.id][0]
             if why is None:
-                reason = f"rule {rule.name}: {rule.when.describe()} -> {via}"
+                facts = f"{c.type}, {c.complexity} complexity, {c.token_count:,} tokens" + (
+                    ", vision" if c.needs_vision else ""
+                )
+                reason = f"rule {rule.name} ({rule.when.describe()}; step: {facts}) -> {via}"
                 if rejected:
                     reason += "; passed over " + "; ".join(rejected)
                 return decision(spec, rule.name, reason)
