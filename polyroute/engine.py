@@ -203,19 +203,7 @@ class Engine:
         mat = materialize(task.attachments)
         classification = await self.classify(task, mat, run)
         plan = await self.make_plan(task, classification, run)
-        states = {
-            s.id: _StepState(
-                step=s,
-                result=StepResult(
-                    step_id=s.id,
-                    description=s.description,
-                    type=s.type,
-                    depends_on=list(s.depends_on),
-                    status="skipped",
-                ),
-            )
-            for s in plan.steps
-        }
+        states = {s.id: _StepState(step=s, result=pending_result(s)) for s in plan.steps}
         run.handoff.remaining_steps = [s.id for s in plan.steps]
         run.deps = {s.id: list(s.depends_on) for s in plan.steps}
         await self._run_graph(run, plan, states, mat, classification)
@@ -476,6 +464,17 @@ class Engine:
 
 
 # --- the pieces of a step, shared with the Step Functions workflow (polyroute.workflow) -------
+
+
+def pending_result(step: Step) -> StepResult:
+    """A step's result before it runs: ``skipped`` until it has run or been refused."""
+    return StepResult(
+        step_id=step.id,
+        description=step.description,
+        type=step.type,
+        depends_on=list(step.depends_on),
+        status="skipped",
+    )
 
 
 def step_view(

@@ -48,6 +48,7 @@ from polyroute.engine import (
     merge_step,
     model_request,
     pack_step,
+    pending_result,
     record_success,
     route_step,
     step_input,
@@ -300,18 +301,7 @@ class Workflow:
         state.budget = run.budget.to_state()
         state.classifier_cost_usd = run.classifier_cost
         state.handoff.remaining_steps = [s.id for s in plan.steps]
-        state.steps = {
-            s.id: StepRecord(
-                result=StepResult(
-                    step_id=s.id,
-                    description=s.description,
-                    type=s.type,
-                    depends_on=list(s.depends_on),
-                    status="skipped",
-                )
-            )
-            for s in plan.steps
-        }
+        state.steps = {s.id: StepRecord(result=pending_result(s)) for s in plan.steps}
         return {"state": self.dump_state(state)}
 
     # --- schedule ---------------------------------------------------------------------------
