@@ -9,6 +9,7 @@ synth) the asset is the ``lambdas/`` folder as it is, and nothing is installed.
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import subprocess
 import sys
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import jsii
-from aws_cdk import BundlingOptions, DockerImage, ILocalBundling
+from aws_cdk import AssetHashType, BundlingOptions, DockerImage, ILocalBundling
 from aws_cdk import aws_lambda as lambda_
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,9 +43,17 @@ def requirements(extras: tuple[str, ...] = ("aws", "providers")) -> list[str]:
     return out
 
 
+# Only the functions that call models need the vendors' SDKs (about 70 MB unzipped).
+MODEL_EXTRAS = ("aws", "providers")
+CORE_EXTRAS = ("aws",)
+
+
 @jsii.implements(ILocalBundling)
 class PipLocalBundling:
     """Bundles on this machine with pip (no Docker)."""
+
+    def __init__(self, extras: tuple[str, ...] = MODEL_EXTRAS) -> None:
+        self.extras = extras
 
     def try_bundle(self, output_dir: str, *, image: DockerImage, **_: Any) -> bool:
         out = Path(output_dir)
@@ -65,7 +74,7 @@ class PipLocalBundling:
                 "--python-version",
                 PYTHON_VERSION,
                 "--only-binary=:all:",
-                *requirements(),
+                *requirements(self.extras),
             ],
             check=True,
         )
@@ -85,16 +94,40 @@ class PipLocalBundling:
         return True
 
 
-def lambda_code(mode: str) -> lambda_.Code:
-    """One code asset for every function: ``pip`` (deployable) or ``source`` (offline)."""
+def source_hash(extras: tuple[str, ...]) -> str:
+    """A hash of everything an asset is built from: the sources and the extras installed."""
+    digest = hashlib.sha256(",".join(extras).encode())
+    files = [
+        ROOT / "pyproject.toml",
+        *(ROOT / "polyroute").rglob("*"),
+        *(ROOT / "lambdas").rglob("*"),
+    ]
+    for path in sorted(files):
+        if path.is_file() and "__pycache__" not in path.parts:
+            digest.update(str(path.relative_to(ROOT)).encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def lambda_code(mode: str, extras: tuple[str, ...] = MODEL_EXTRAS) -> lambda_.Code:
+    """A code asset with the project and the dependencies of ``extras``: ``pip``
+    (deployable) or ``source`` (offline)."""
     if mode == "source":
         return lambda_.Code.from_asset(str(ROOT / "lambdas"))
     return lambda_.Code.from_asset(
         str(ROOT),
-        exclude=["*", "!polyroute/**", "!lambdas/**", "!pyproject.toml"],
+        exclude=[
+            "*",
+            "!polyroute/**",
+            "!lambdas/**",
+            "!pyproject.toml",
+        ],
+        # CDK's own fingerprint would give both assets (same sources) one hash and one bundle.
+        asset_hash_type=AssetHashType.CUSTOM,
+        asset_hash=source_hash(extras),
         bundling=BundlingOptions(
             image=DockerImage.from_registry("public.ecr.aws/sam/build-python3.14"),
-            local=PipLocalBundling(),
+            local=PipLocalBundling(extras),
             command=["false"],
         ),
     )

@@ -20,7 +20,7 @@ from constructs import Construct
 
 from infra import nag_suppressions
 from infra.asl import ASL_DIR, batch_definition, definition_text
-from infra.bundling import RUNTIME, lambda_code
+from infra.bundling import CORE_EXTRAS, RUNTIME, lambda_code
 from polyroute.schema import Task
 
 # Role -> (handler module, memory MB, timeout s). The names match the ASL's placeholders:
@@ -109,6 +109,10 @@ class PolyrouteStack(Stack):
                 s3.LifecycleRule(id="spill", prefix="spill/", expiration=Duration.days(7)),
                 s3.LifecycleRule(id="work", prefix="batch-work/", expiration=Duration.days(7)),
                 s3.LifecycleRule(id="results", prefix="results/", expiration=Duration.days(30)),
+                # A key lives as long as the result it answers with.
+                s3.LifecycleRule(
+                    id="idempotency", prefix="idempotency/", expiration=Duration.days(30)
+                ),
                 s3.LifecycleRule(
                     id="multipart", abort_incomplete_multipart_upload_after=Duration.days(1)
                 ),
@@ -126,7 +130,10 @@ class PolyrouteStack(Stack):
         }
 
         # --- the functions ----------------------------------------------------------------
+        # Functions that call models get the SDKs; the others a much smaller asset.
         code = lambda_code(bundle)
+        core_code = lambda_code(bundle, CORE_EXTRAS)
+        model_roles = ("Classifier", "Planner", "ModelExecutor")
         env = {
             "POLYROUTE_BUCKET": self.bucket.bucket_name,
             "POLYROUTE_PROVIDER": "auto",
@@ -139,13 +146,14 @@ class PolyrouteStack(Stack):
         }
         self.functions: dict[str, lambda_.Function] = {}
         for role, (module, memory, timeout) in ROLES.items():
-            fn = self._function(role, f"{module}.handler", code, env, memory, timeout)
+            role_code = code if role in model_roles else core_code
+            fn = self._function(role, f"{module}.handler", role_code, env, memory, timeout)
             self.bucket.grant_read_write(fn)
             if role in ("Classifier", "Planner", "ModelExecutor", "Router"):
                 for secret in self.secrets.values():
                     secret.grant_read(fn)
             self.functions[role] = fn
-        batch_fn = self._function("Batch", "batch.handler", code, env, 1024, 300)
+        batch_fn = self._function("Batch", "batch.handler", core_code, env, 1024, 300)
         self.bucket.grant_read_write(batch_fn)
         self.functions["Batch"] = batch_fn
 
@@ -201,7 +209,7 @@ class PolyrouteStack(Stack):
         api_fn = self._function(
             "Api",
             "api.handler",
-            code,
+            core_code,
             {
                 **env,
                 "POLYROUTE_EXPRESS_ARN": self.express.state_machine_arn,
