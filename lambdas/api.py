@@ -8,6 +8,10 @@ exactly ``polyroute.api``'s contract, as ``polyroute serve`` does locally.
 - ``POST /v1/tasks?async=true``: started, 202 with ``TaskAccepted`` and a ``Location``. A task
   whose deadline fits Express's 5 minutes runs there; any other runs on the Standard one.
 - ``GET /v1/tasks/{taskId}``: 200 with the recorded ``TaskStatus``, 404 if unknown.
+- ``Idempotency-Key`` on a POST, as ``polyroute serve`` has it: the same key and body answer
+  the first task (202 with its id, or 200 with its recorded status, not a second run); the
+  same key with another body is 422. Keys live in the bucket (``idempotency/``), claimed
+  with a conditional put so two racing retries start one execution.
 """
 
 from __future__ import annotations
@@ -16,22 +20,35 @@ import base64
 import json
 import os
 import re
+import time
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from polyroute_runtime import clients, logger, results, tracer, workflow
 
-from polyroute.api import MAX_BODY_BYTES, ApiError, TaskAccepted, TaskStatus, parse_task_body
+from polyroute.api import (
+    IDEMPOTENCY_HEADER,
+    MAX_BODY_BYTES,
+    MAX_IDEMPOTENCY_KEY,
+    ApiError,
+    TaskAccepted,
+    TaskStatus,
+    idempotency_conflict,
+    parse_task_body,
+    request_fingerprint,
+)
 from polyroute.errors import InputError, PolyrouteError, UnknownModelError
 from polyroute.graph import validate_plan
 from polyroute.schema import RunResult, Task
 from polyroute.spill import Spiller
 from polyroute.taskfile import materialize
-from polyroute.workflow import ResultStore
+from polyroute.workflow import IdempotencyRecord, IdempotencyStore, ResultStore
 
 EXPRESS_LIMIT_S = 280  # Express runs at most 5 minutes; leave room to finish and record
+REPLAY_POLL_S = 0.5  # a retried sync request waits for the first run at this interval
 _TRUE = {"true", "1", "yes"}
 _FALSE = {"false", "0", "no", ""}
 _EXECUTION_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,80}$")
@@ -69,8 +86,32 @@ def _async_flag(params: dict[str, str] | None) -> bool:
     raise Refused(400, f"async: expected true or false, got {value!r}", field="async")
 
 
-def validate(event: dict[str, Any], models: Any) -> Task:
-    """The request body as a Task, checked as ``polyroute serve`` checks it."""
+def _header(event: dict[str, Any], name: str) -> str | None:
+    """A request header, whatever the case API Gateway passed its name in."""
+    for key, value in (event.get("headers") or {}).items():
+        if key.lower() == name.lower():
+            return str(value)
+    return None
+
+
+def idempotency_key(event: dict[str, Any]) -> str | None:
+    """The Idempotency-Key, if any; 400 if it is empty or too long."""
+    key = _header(event, IDEMPOTENCY_HEADER)
+    if key is None:
+        return None
+    key = key.strip()
+    if not key or len(key) > MAX_IDEMPOTENCY_KEY:
+        raise Refused(
+            400,
+            f"{IDEMPOTENCY_HEADER} must be 1-{MAX_IDEMPOTENCY_KEY} characters",
+            field=IDEMPOTENCY_HEADER,
+        )
+    return key
+
+
+def validate(event: dict[str, Any], models: Any) -> tuple[Task, str]:
+    """The request body as a Task, checked as ``polyroute serve`` checks it, and the body's
+    fingerprint (for Idempotency-Key)."""
     raw = event.get("body") or ""
     data = base64.b64decode(raw) if event.get("isBase64Encoded") else raw.encode()
     if len(data) > MAX_BODY_BYTES:
@@ -79,6 +120,10 @@ def validate(event: dict[str, Any], models: Any) -> Task:
         body = json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
         raise Refused(400, f"body is not valid JSON ({exc})") from None
+    try:
+        fingerprint = request_fingerprint(body)
+    except UnicodeEncodeError:
+        raise Refused(400, "body holds an unpaired surrogate escape, not Unicode") from None
     try:
         task = parse_task_body(body)
         if task.plan is not None:
@@ -96,7 +141,7 @@ def validate(event: dict[str, Any], models: Any) -> Task:
         materialize(task.attachments)
     except InputError as exc:
         raise Refused(400, str(exc), field=_field_of(str(exc))) from None
-    return task
+    return task, fingerprint
 
 
 def fits_express(task: Task, now: datetime) -> bool:
@@ -109,6 +154,40 @@ def fits_express(task: Task, now: datetime) -> bool:
     return bool(limits) and min(limits) <= EXPRESS_LIMIT_S
 
 
+def _accepted(task_id: str) -> dict[str, Any]:
+    location = f"/v1/tasks/{task_id}"
+    return respond(202, TaskAccepted(task_id=task_id, location=location), {"Location": location})
+
+
+def replay(
+    first: IdempotencyRecord,
+    key: str,
+    fingerprint: str,
+    wait: bool,
+    *,
+    store: ResultStore,
+    env: dict[str, str],
+    sleep: Callable[[float], None],
+) -> dict[str, Any]:
+    """Answer a retried request with its first task: 202 with the id, or (sync) 200 with
+    the recorded status once it has finished; 422 if the body is not the first one."""
+    if first.request_sha256 != fingerprint:
+        raise Refused(422, idempotency_conflict(key, first.task_id), field=IDEMPOTENCY_HEADER)
+    if not wait:
+        return _accepted(first.task_id)
+    # As the first request would: wait for the run up to the API's limit, then answer 202.
+    polls = int(float(env.get("POLYROUTE_SYNC_TIMEOUT_S", "25")) / REPLAY_POLL_S)
+    for attempt in range(polls + 1):
+        status = store.get(first.task_id)
+        if status is None:  # the first request failed before recording its task
+            raise Refused(404, f"no task with id {first.task_id!r}", field="taskId")
+        if status.status != "running":
+            return respond(200, status)
+        if attempt < polls:
+            sleep(REPLAY_POLL_S)
+    return _accepted(first.task_id)
+
+
 def post_task(
     event: dict[str, Any],
     *,
@@ -118,10 +197,18 @@ def post_task(
     models: Any,
     env: dict[str, str],
     now: datetime,
+    keys: IdempotencyStore | None = None,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> dict[str, Any]:
     """``POST /v1/tasks``: validate, record, start; answer 200, 202 or an error."""
     wait = not _async_flag(event.get("queryStringParameters"))
-    task = validate(event, models)
+    key = idempotency_key(event)
+    task, fingerprint = validate(event, models)
+    keys = keys or IdempotencyStore(store.bucket, store.client)
+    if key is not None:
+        first = keys.get(key)
+        if first is not None:
+            return replay(first, key, fingerprint, wait, store=store, env=env, sleep=sleep)
     task_id = task.task_id or uuid.uuid4().hex[:16]
     if not _EXECUTION_NAME.match(task_id):
         raise Refused(400, "taskId: 1-80 letters, digits, '_', '.' or '-'", field="taskId")
@@ -132,25 +219,40 @@ def post_task(
             " taskId out to have a new one made",
             field="taskId",
         )
+    if key is not None:
+        record = IdempotencyRecord(request_sha256=fingerprint, task_id=task_id)
+        winner = keys.claim(key, record)
+        if winner is not None:  # a concurrent retry claimed the key first: it runs the task
+            return replay(winner, key, fingerprint, wait, store=store, env=env, sleep=sleep)
     store.put(TaskStatus(task_id=task_id, status="running", created_at=now, updated_at=now))
     payload = json.dumps({"task": spiller.maybe_spill(task.to_wire(), "task"), "taskId": task_id})
-    location = f"/v1/tasks/{task_id}"
-    accepted = respond(
-        202, TaskAccepted(task_id=task_id, location=location), {"Location": location}
-    )
-    if not wait:
-        express = fits_express(task, now)
-        machine = env["POLYROUTE_EXPRESS_ARN" if express else "POLYROUTE_STANDARD_ARN"]
-        sfn.start_execution(stateMachineArn=machine, name=task_id, input=payload)
-        return accepted
+    accepted = _accepted(task_id)
     try:
+        if not wait:
+            express = fits_express(task, now)
+            machine = env["POLYROUTE_EXPRESS_ARN" if express else "POLYROUTE_STANDARD_ARN"]
+            sfn.start_execution(stateMachineArn=machine, name=task_id, input=payload)
+            return accepted
         out = sfn.start_sync_execution(
             stateMachineArn=env["POLYROUTE_EXPRESS_ARN"], name=task_id, input=payload
         )
     except Exception as exc:
-        if "timeout" in type(exc).__name__.lower() or "timed out" in str(exc).lower():
+        if wait and ("timeout" in type(exc).__name__.lower() or "timed out" in str(exc).lower()):
             logger.info("sync run outlasted the API's wait; answering 202", extra={"id": task_id})
             return accepted
+        # Nothing started: free the key, so a retry with it starts the task instead of
+        # answering a run that never was.
+        store.put(
+            TaskStatus(
+                task_id=task_id,
+                status="failed",
+                error=f"could not start: {type(exc).__name__}",
+                created_at=now,
+                updated_at=now,
+            )
+        )
+        if key is not None:
+            keys.release(key)
         raise
     if out.get("status") == "SUCCEEDED":
         result = RunResult.model_validate(spiller.resolve(json.loads(out["output"])))
@@ -190,13 +292,23 @@ def route(
     models: Any,
     env: dict[str, str],
     now: datetime,
+    keys: IdempotencyStore | None = None,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> dict[str, Any]:
     """Dispatch one API Gateway proxy event; client mistakes become their error answers."""
     method, resource = event.get("httpMethod"), event.get("resource")
     try:
         if resource == "/v1/tasks" and method == "POST":
             return post_task(
-                event, sfn=sfn, store=store, spiller=spiller, models=models, env=env, now=now
+                event,
+                sfn=sfn,
+                store=store,
+                spiller=spiller,
+                models=models,
+                env=env,
+                now=now,
+                keys=keys,
+                sleep=sleep,
             )
         if resource == "/v1/tasks/{taskId}" and method == "GET":
             return get_task(event, store)

@@ -13,6 +13,8 @@ read paths on its own disk. Client mistakes get 400 (the field named), 404 or 41
 
 from __future__ import annotations
 
+import hashlib
+import json
 from datetime import datetime
 from typing import Any, Literal
 
@@ -23,6 +25,8 @@ from polyroute.registry import first_error
 from polyroute.schema import RunResult, Task, WireModel
 
 MAX_BODY_BYTES = 6 * 1024 * 1024  # Lambda's synchronous payload limit
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+MAX_IDEMPOTENCY_KEY = 255
 TaskState = Literal["running", "succeeded", "partial", "failed"]
 
 
@@ -64,3 +68,17 @@ def parse_task_body(body: Any) -> Task:
                 f"attachments.{i}.path: not accepted over HTTP; send the content as 'data'"
             )
     return task
+
+
+def request_fingerprint(body: Any) -> str:
+    """The sha256 of a body's canonical JSON: equal for equal bodies, whatever the key order."""
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def idempotency_conflict(key: str, first_task_id: str) -> str:
+    """The 422 message for an Idempotency-Key reused with another body."""
+    return (
+        f"{IDEMPOTENCY_HEADER} {key!r} was already used with a different request body"
+        f" (task {first_task_id}); use a new key for a new request"
+    )

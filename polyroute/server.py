@@ -26,7 +26,6 @@ stays light.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import hmac
 import ipaddress
 import json
@@ -39,11 +38,15 @@ from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 from polyroute.api import (
+    IDEMPOTENCY_HEADER,
     MAX_BODY_BYTES,
+    MAX_IDEMPOTENCY_KEY,
     ApiError,
     TaskAccepted,
     TaskStatus,
+    idempotency_conflict,
     parse_task_body,
+    request_fingerprint,
 )
 from polyroute.errors import InputError, PolyrouteError, UnknownModelError
 from polyroute.graph import validate_plan
@@ -61,8 +64,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("polyroute.server")
 
 TOKEN_ENV = "POLYROUTE_API_TOKEN"
-IDEMPOTENCY_HEADER = "Idempotency-Key"
-MAX_IDEMPOTENCY_KEY = 255
 DRAIN_BYTES = 32 * 1024 * 1024
 SERVER_STOPPED_ERROR = "the server stopped while this task was running; submit it again"
 _FIELD = re.compile(r"^([A-Za-z0-9_.\-]+): ")
@@ -103,12 +104,6 @@ def _field_of(message: str) -> str | None:
 
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
-
-
-def request_fingerprint(body: Any) -> str:
-    """The sha256 of a body's canonical JSON: equal for equal bodies, whatever the key order."""
-    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
 class TaskService:
@@ -220,12 +215,7 @@ class TaskService:
         self, first: StoredTask, key: str, fingerprint: str, wait: bool
     ) -> tuple[int, TaskAccepted | TaskStatus]:
         if first.request_sha256 != fingerprint:
-            raise _Refused(
-                422,
-                f"{IDEMPOTENCY_HEADER} {key!r} was already used with a different request body"
-                f" (task {first.task_id}); use a new key for a new request",
-                field=IDEMPOTENCY_HEADER,
-            )
+            raise _Refused(422, idempotency_conflict(key, first.task_id), field=IDEMPOTENCY_HEADER)
         return await self._answer(first.task_id, wait)
 
     async def _answer(self, task_id: str, wait: bool) -> tuple[int, TaskAccepted | TaskStatus]:

@@ -245,10 +245,12 @@ class LocalStepFunctions:
         )["stateMachineArn"]
         return arn
 
-    def orchestrator(self) -> str:
-        """The orchestrator state machine, from the real ASL file."""
+    def orchestrator(self, kind: str = "EXPRESS") -> str:
+        """The orchestrator state machine, from the real ASL file (``STANDARD`` as the
+        deployed ``OrchestratorStandard`` for long asynchronous tasks)."""
         text = substitute(ORCHESTRATOR_ASL.read_text(encoding="utf-8"), substitutions())
-        return self.create(text, "polyroute-orchestrator")
+        name = "polyroute-orchestrator" + ("" if kind == "EXPRESS" else f"-{kind.lower()}")
+        return self.create(text, name, kind)
 
     def batch_machine(self, definition: str) -> str:
         """The batch workflow (Standard). moto's interpreter knows no ``EXPRESS`` execution

@@ -22,6 +22,7 @@ Step Functions' 256 KiB limit.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import random
@@ -848,6 +849,80 @@ class ResultStore:
                 updated_at=now,
             )
         )
+
+
+class IdempotencyRecord(WireModel):
+    """What an Idempotency-Key was first used for: the request's fingerprint and its task."""
+
+    schema_version: str = SCHEMA_VERSION
+    request_sha256: str
+    task_id: str
+
+
+class IdempotencyStore:
+    """Idempotency-Keys in the bucket (``idempotency/<sha256 of the key>.json``), for the
+    deployed API as ``polyroute serve``'s SQLite store keeps them locally.
+
+    A key is claimed with a conditional put (``IfNoneMatch="*"``): of two requests racing with
+    the same key, exactly one writes the record and starts its task; the other reads it."""
+
+    def __init__(self, bucket: str, client: Any = None, prefix: str = "idempotency/") -> None:
+        self.bucket = bucket
+        self.prefix = prefix
+        self._client = client
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            import boto3
+
+            self._client = boto3.client("s3")
+        return self._client
+
+    def key(self, idempotency_key: str) -> str:
+        digest = hashlib.sha256(idempotency_key.encode("utf-8")).hexdigest()
+        return f"{self.prefix}{digest}.json"
+
+    def get(self, idempotency_key: str) -> IdempotencyRecord | None:
+        """The record of a key's first use, or None."""
+        try:
+            obj = self.client.get_object(Bucket=self.bucket, Key=self.key(idempotency_key))
+        except Exception as exc:
+            if _s3_code(exc) in ("NoSuchKey", "404", "NotFound"):
+                return None
+            raise
+        return IdempotencyRecord.model_validate_json(obj["Body"].read())
+
+    def claim(self, idempotency_key: str, record: IdempotencyRecord) -> IdempotencyRecord | None:
+        """Record the key's first use; None if this call did, else the record that won."""
+        body = json.dumps(record.to_wire(), separators=(",", ":")).encode()
+        try:
+            self.client.put_object(
+                Bucket=self.bucket,
+                Key=self.key(idempotency_key),
+                Body=body,
+                ContentType="application/json",
+                IfNoneMatch="*",
+            )
+        except Exception as exc:
+            # 412: another request holds the key; 409: a concurrent conditional put is in
+            # flight on the same key (S3 asks the loser to retry, which reads the winner).
+            if _s3_code(exc) not in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
+                raise
+            winner = self.get(idempotency_key)
+            if winner is None:  # the winner's put is not visible yet: the client retries
+                raise
+            return winner
+        return None
+
+    def release(self, idempotency_key: str) -> None:
+        """Forget a key whose task never started, so a retry with it can start it."""
+        self.client.delete_object(Bucket=self.bucket, Key=self.key(idempotency_key))
+
+
+def _s3_code(exc: Exception) -> str | None:
+    code: str | None = getattr(exc, "response", {}).get("Error", {}).get("Code")
+    return code
 
 
 def workflow_from_env(

@@ -247,3 +247,172 @@ def test_a_large_task_travels_to_step_functions_as_a_spill_reference(api: Any) -
     sent = json.loads(sfn.started[0]["input"])
     assert set(sent["task"]) == {"$ref", "sha256", "bytes"}
     assert len(sfn.started[0]["input"]) < 1024
+
+
+# --- Idempotency-Key ---------------------------------------------------------------------------
+
+
+def keyed(event: dict[str, Any], key: str) -> dict[str, Any]:
+    return {**event, "headers": {"Idempotency-Key": key}}
+
+
+def test_a_retried_async_post_with_its_key_answers_the_first_task_without_a_new_run(
+    api: Any,
+) -> None:
+    sfn = FakeSfn()
+    body = {"description": "Summarise this."}
+    first = api(keyed(post(body, {"async": "true"}), "k-async"), sfn)
+    again = api(keyed(post(body, {"async": "true"}), "k-async"), sfn)
+    assert first["statusCode"] == again["statusCode"] == 202
+    assert again["json"]["taskId"] == first["json"]["taskId"]
+    assert again["headers"]["Location"] == f"/v1/tasks/{first['json']['taskId']}"
+    assert len(sfn.started) == 1
+
+
+def test_a_retried_sync_post_answers_the_recorded_result_without_a_new_run(api: Any) -> None:
+    from polyroute.schema import RunResult
+
+    class Finalizing(FakeSfn):
+        """Records the result as the execution's Finalize state does."""
+
+        def start_sync_execution(self, **kwargs: Any) -> dict[str, Any]:
+            out = super().start_sync_execution(**kwargs)
+            api.store.finished(kwargs["name"], RunResult.model_validate(run_result(kwargs["name"])))
+            return out
+
+    sfn = Finalizing()
+    first = api(keyed(post({"description": "What is 2+2?"}), "k-sync"), sfn)
+    # The header's name may arrive in any case.
+    event = {**post({"description": "What is 2+2?"}), "headers": {"idempotency-key": "k-sync"}}
+    again = api(event, sfn)
+    assert first["statusCode"] == again["statusCode"] == 200
+    assert again["json"]["taskId"] == first["json"]["taskId"]
+    assert again["json"]["status"] == "succeeded"
+    assert len(sfn.started) == 1
+
+
+def test_key_order_does_not_make_a_different_body(api: Any) -> None:
+    sfn = FakeSfn()
+    api(keyed(post(None, {"async": "1"}, raw='{"description": "x", "taskId": "o1"}'), "k-o"), sfn)
+    again = api(
+        keyed(post(None, {"async": "1"}, raw='{"taskId": "o1", "description": "x"}'), "k-o"), sfn
+    )
+    assert again["statusCode"] == 202 and again["json"]["taskId"] == "o1"
+    assert len(sfn.started) == 1
+
+
+def test_the_same_key_with_another_body_is_422_and_starts_nothing(api: Any) -> None:
+    sfn = FakeSfn()
+    first = api(keyed(post({"description": "one"}, {"async": "true"}), "k-422"), sfn)
+    answer = api(keyed(post({"description": "two"}, {"async": "true"}), "k-422"), sfn)
+    assert answer["statusCode"] == 422
+    assert answer["json"]["field"] == "Idempotency-Key"
+    assert "different request body" in answer["json"]["error"]
+    assert first["json"]["taskId"] in answer["json"]["error"]
+    assert len(sfn.started) == 1
+
+
+@pytest.mark.parametrize("key", ["", "   ", "k" * 256])
+def test_an_empty_or_overlong_key_is_400(api: Any, key: str) -> None:
+    sfn = FakeSfn()
+    answer = api(keyed(post({"description": "x"}), key), sfn)
+    assert answer["statusCode"] == 400 and answer["json"]["field"] == "Idempotency-Key"
+    assert sfn.started == []
+
+
+def test_the_key_is_stored_hashed_beside_the_results(api: Any) -> None:
+    import hashlib
+
+    api(keyed(post({"description": "x", "taskId": "stored"}, {"async": "1"}), "secret-key"))
+    name = hashlib.sha256(b"secret-key").hexdigest()
+    obj = api.store.client.get_object(Bucket="polyroute-test", Key=f"idempotency/{name}.json")
+    record = json.loads(obj["Body"].read())
+    assert record["taskId"] == "stored"
+    assert record["schemaVersion"] == "1"
+    assert len(record["requestSha256"]) == 64
+
+
+def test_of_two_racing_requests_with_one_key_only_one_starts_a_run(api: Any) -> None:
+    from polyroute.workflow import IdempotencyStore
+
+    class Racing(IdempotencyStore):
+        """Misses the first lookup, as a request does while another is claiming the key."""
+
+        misses = 1
+
+        def get(self, idempotency_key: str) -> Any:
+            if self.misses:
+                self.misses -= 1
+                return None
+            return super().get(idempotency_key)
+
+    sfn = FakeSfn()
+    body = {"description": "racing"}
+    first = api(keyed(post(body, {"async": "true"}), "k-race"), sfn)
+    late = api.module.route(
+        keyed(post(body, {"async": "true"}), "k-race"),
+        sfn=sfn,
+        store=api.store,
+        spiller=Spiller(S3Store("polyroute-test", client=api.store.client), 1024),
+        models=load_registry(),
+        env=ENV,
+        now=NOW,
+        keys=Racing("polyroute-test", api.store.client),
+    )
+    # The conditional put (IfNoneMatch) refuses the second claim; it answers the first task.
+    assert late["statusCode"] == 202
+    assert json.loads(late["body"])["taskId"] == first["json"]["taskId"]
+    assert len(sfn.started) == 1
+
+
+def test_a_sync_retry_waits_for_the_first_run_then_answers_202_if_it_is_still_going(
+    api: Any,
+) -> None:
+    from polyroute.api import TaskStatus
+
+    class ReadTimeoutError(Exception):
+        pass
+
+    api(
+        keyed(post({"description": "slow", "taskId": "slow-k"}), "k-slow"),
+        FakeSfn(ReadTimeoutError()),
+    )
+    slept: list[float] = []
+
+    def call(sleep: Any) -> dict[str, Any]:
+        return api.module.route(  # type: ignore[no-any-return]
+            keyed(post({"description": "slow", "taskId": "slow-k"}), "k-slow"),
+            sfn=FakeSfn(),
+            store=api.store,
+            spiller=Spiller(S3Store("polyroute-test", client=api.store.client), 1024),
+            models=load_registry(),
+            env={**ENV, "POLYROUTE_SYNC_TIMEOUT_S": "2"},
+            now=NOW,
+            sleep=sleep,
+        )
+
+    still = call(slept.append)
+    assert still["statusCode"] == 202 and json.loads(still["body"])["taskId"] == "slow-k"
+    assert slept and sum(slept) <= 2
+
+    def finish(_: float) -> None:
+        api.store.put(TaskStatus(task_id="slow-k", status="succeeded", created_at=NOW))
+
+    done = call(finish)
+    assert done["statusCode"] == 200 and json.loads(done["body"])["status"] == "succeeded"
+
+
+def test_a_run_that_could_not_start_frees_its_key(api: Any) -> None:
+    class ThrottlingError(Exception):
+        pass
+
+    class Throttled(FakeSfn):
+        def start_execution(self, **kwargs: Any) -> dict[str, Any]:
+            raise ThrottlingError("rate exceeded")
+
+    event = keyed(post({"description": "x"}, {"async": "true"}), "k-free")
+    with pytest.raises(ThrottlingError):
+        api(event, Throttled())
+    sfn = FakeSfn()
+    again = api(event, sfn)
+    assert again["statusCode"] == 202 and len(sfn.started) == 1

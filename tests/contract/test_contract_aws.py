@@ -1,0 +1,146 @@
+"""The shared request set against the deployed path, under moto: each request becomes an API
+Gateway REST proxy event for the real ``lambdas/api.py`` handler, whose Step Functions client
+runs the real orchestrator ASL on moto's interpreter (every Lambda task in-process, statuses
+and spills in moto S3, the simulated provider at a tiny time scale)."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Iterator, Mapping
+from typing import Any
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+import pytest
+
+from polyroute.engine import EngineConfig
+from polyroute.execute import RetryPolicy
+from polyroute.providers.simulated import SimulatedProvider
+from polyroute.registry import load_registry
+from polyroute.routing import load_policy
+from polyroute.sfn_local import LocalStepFunctions, _Context, runtime_module
+
+from .request_set import Send, cases, run_request_set
+
+pytest.importorskip("moto")
+
+TASKS = "/v1/tasks"
+
+
+class SyncStepFunctions:
+    """A moto Step Functions client with ``start_sync_execution`` (which moto lacks): start,
+    then poll ``describe_execution``, answering as StartSyncExecution does. Records every
+    execution started, so a test can tell a replayed request from a second run."""
+
+    def __init__(self, local: LocalStepFunctions) -> None:
+        self.local = local
+        self.started: list[tuple[str, str]] = []  # (execution name, execution ARN)
+
+    def start_execution(self, **kwargs: Any) -> dict[str, Any]:
+        out: dict[str, Any] = self.local.sfn.start_execution(**kwargs)
+        self.started.append((kwargs["name"], out["executionArn"]))
+        return out
+
+    def start_sync_execution(self, **kwargs: Any) -> dict[str, Any]:
+        arn = self.start_execution(**kwargs)["executionArn"]
+        desc = self.local.wait(arn, timeout_s=60)
+        keys = ("executionArn", "stateMachineArn", "name", "status", "output", "error", "cause")
+        return {k: desc[k] for k in keys if k in desc}
+
+    def wait_all(self) -> list[str]:
+        """Every execution's final status, once all have ended."""
+        return [self.local.wait(arn, timeout_s=60)["status"] for _, arn in self.started]
+
+
+def proxy_event(
+    method: str, path: str, headers: Mapping[str, str], body: bytes | None
+) -> dict[str, Any]:
+    """The event API Gateway's REST Lambda proxy integration hands the function."""
+    url = urlsplit(path)
+    query = dict(parse_qsl(url.query, keep_blank_values=True)) or None
+    params: dict[str, str] | None = None
+    if url.path == TASKS:
+        resource = TASKS
+    elif url.path.startswith(f"{TASKS}/") and "/" not in url.path[len(TASKS) + 1 :]:
+        resource = TASKS + "/{taskId}"
+        params = {"taskId": unquote(url.path[len(TASKS) + 1 :])}
+    else:
+        resource = url.path
+    encoded = False
+    text: str | None = None
+    if body is not None:
+        try:
+            text = body.decode("utf-8")
+        except UnicodeDecodeError:
+            text, encoded = base64.b64encode(body).decode("ascii"), True
+    return {
+        "resource": resource,
+        "path": url.path,
+        "httpMethod": method,
+        "headers": dict(headers),
+        "multiValueHeaders": {k: [v] for k, v in headers.items()},
+        "queryStringParameters": query,
+        "multiValueQueryStringParameters": {k: [v] for k, v in (query or {}).items()} or None,
+        "pathParameters": params,
+        "stageVariables": None,
+        "requestContext": {
+            "resourcePath": resource,
+            "httpMethod": method,
+            "path": f"/v1api{url.path}",
+            "stage": "v1api",
+        },
+        "body": text,
+        "isBase64Encoded": encoded,
+    }
+
+
+def config() -> EngineConfig:
+    sim = SimulatedProvider(seed=0, time_scale=0.001)
+    return EngineConfig(
+        registry=load_registry(),
+        policy=load_policy(),
+        provider_for=lambda _spec: sim,
+        retry=RetryPolicy(base_delay_s=0.001),
+    )
+
+
+@pytest.fixture
+def deployed(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Send, SyncStepFunctions]]:
+    local = LocalStepFunctions(config())
+    with local.running():
+        sfn = SyncStepFunctions(local)
+        runtime_module().use_workflow(local.workflow, {"s3": local.s3, "stepfunctions": sfn})
+        monkeypatch.setenv("POLYROUTE_EXPRESS_ARN", local.orchestrator())
+        monkeypatch.setenv("POLYROUTE_STANDARD_ARN", local.orchestrator("STANDARD"))
+        monkeypatch.setenv("POLYROUTE_SYNC_TIMEOUT_S", "25")
+        handler = local.handlers["api"]
+
+        def send(
+            method: str, path: str, headers: Mapping[str, str], body: bytes | None
+        ) -> tuple[int, Mapping[str, str], Any]:
+            answer = handler(proxy_event(method, path, headers, body), _Context("api"))
+            ctype = answer["headers"].get("Content-Type", "")
+            assert "application/json" in ctype, f"content type {ctype!r}"
+            return answer["statusCode"], answer["headers"], json.loads(answer["body"])
+
+        try:
+            yield send, sfn
+        finally:
+            # No execution may outlive the mocks (the async ones are not all polled).
+            sfn.wait_all()
+
+
+def test_request_set_passes_against_api_gateway_and_step_functions(
+    deployed: tuple[Send, SyncStepFunctions],
+) -> None:
+    send, sfn = deployed
+    outcomes = run_request_set(send, local_only=False)
+    assert [o.case.name for o in outcomes] == [c.name for c in cases() if not c.local_only]
+    # Each task the API answered for ran exactly once: retries with an Idempotency-Key were
+    # answered from the first task, not started (and paid for) again.
+    answered = {
+        o.body["taskId"] for o in outcomes if o.case.method == "POST" and o.status in (200, 202)
+    }
+    names = [name for name, _ in sfn.started]
+    assert sorted(names) == sorted(answered)
+    assert set(sfn.wait_all()) == {"SUCCEEDED"}
