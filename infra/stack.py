@@ -383,6 +383,20 @@ class PolyrouteStack(Stack):
         validate_body = api.add_request_validator(
             "ValidateTask", validate_request_body=True, validate_request_parameters=True
         )
+        # API Gateway's own refusals answer in the contract's shape ({"error", "field"}), so a
+        # client written against `polyroute serve` reads them unchanged.
+        for response_type, status, message in (
+            (apigw.ResponseType.BAD_REQUEST_BODY, "400", "$context.error.validationErrorString"),
+            (apigw.ResponseType.REQUEST_TOO_LARGE, "413", "request body too large"),
+            (apigw.ResponseType.DEFAULT_4_XX, None, "$context.error.message"),
+            (apigw.ResponseType.DEFAULT_5_XX, None, "$context.error.message"),
+        ):
+            api.add_gateway_response(
+                f"{response_type.response_type}Response",
+                type=response_type,
+                status_code=status,
+                templates={"application/json": '{"error": "' + message + '", "field": null}'},
+            )
         integration = apigw.LambdaIntegration(api_fn, proxy=True)
         tasks = api.root.add_resource("v1").add_resource("tasks")
         tasks.add_method(

@@ -98,6 +98,15 @@ def test_the_api_has_the_contracts_routes_with_iam_auth_and_body_validation(
     template.has_resource_properties(
         "AWS::ApiGateway::RequestValidator", {"ValidateRequestBody": True}
     )
+    responses = {
+        r["Properties"]["ResponseType"]: r["Properties"]
+        for r in resources(template, "AWS::ApiGateway::GatewayResponse").values()
+    }
+    assert {"BAD_REQUEST_BODY", "REQUEST_TOO_LARGE", "DEFAULT_4XX"} <= set(responses)
+    bad_body = responses["BAD_REQUEST_BODY"]
+    assert bad_body["StatusCode"] == "400"
+    body = bad_body["ResponseTemplates"]["application/json"]
+    assert '"error"' in body and '"field"' in body
     template.has_resource_properties(
         "AWS::ApiGateway::Stage", {"TracingEnabled": True, "AccessLogSetting": Match.any_value()}
     )
