@@ -32,19 +32,16 @@ from polyroute_runtime import clients, logger, results, tracer, workflow
 from polyroute.api import (
     IDEMPOTENCY_HEADER,
     MAX_BODY_BYTES,
-    MAX_IDEMPOTENCY_KEY,
-    ApiError,
+    Refused,
     TaskAccepted,
     TaskStatus,
+    accept_task,
+    check_idempotency_key,
     idempotency_conflict,
-    parse_task_body,
     request_fingerprint,
 )
-from polyroute.errors import InputError, PolyrouteError, UnknownModelError
-from polyroute.graph import validate_plan
 from polyroute.schema import RunResult, Task
 from polyroute.spill import Spiller
-from polyroute.taskfile import materialize
 from polyroute.workflow import IdempotencyRecord, IdempotencyStore, ResultStore
 
 EXPRESS_LIMIT_S = 280  # Express runs at most 5 minutes; leave room to finish and record
@@ -54,15 +51,6 @@ _FALSE = {"false", "0", "no", ""}
 _EXECUTION_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,80}$")
 
 
-class Refused(Exception):
-    """A client mistake: its status and one-line error body."""
-
-    def __init__(self, status: int, error: str, field: str | None = None) -> None:
-        super().__init__(error)
-        self.status = status
-        self.body = ApiError(error=error, field=field)
-
-
 def respond(status: int, body: Any, headers: dict[str, str] | None = None) -> dict[str, Any]:
     """An API Gateway proxy response."""
     return {
@@ -70,11 +58,6 @@ def respond(status: int, body: Any, headers: dict[str, str] | None = None) -> di
         "headers": {"Content-Type": "application/json", **(headers or {})},
         "body": json.dumps(body.to_wire() if hasattr(body, "to_wire") else body),
     }
-
-
-def _field_of(message: str) -> str | None:
-    head = message.split(":", 1)[0]
-    return head if head and " " not in head else None
 
 
 def _async_flag(params: dict[str, str] | None) -> bool:
@@ -96,17 +79,7 @@ def _header(event: dict[str, Any], name: str) -> str | None:
 
 def idempotency_key(event: dict[str, Any]) -> str | None:
     """The Idempotency-Key, if any; 400 if it is empty or too long."""
-    key = _header(event, IDEMPOTENCY_HEADER)
-    if key is None:
-        return None
-    key = key.strip()
-    if not key or len(key) > MAX_IDEMPOTENCY_KEY:
-        raise Refused(
-            400,
-            f"{IDEMPOTENCY_HEADER} must be 1-{MAX_IDEMPOTENCY_KEY} characters",
-            field=IDEMPOTENCY_HEADER,
-        )
-    return key
+    return check_idempotency_key(_header(event, IDEMPOTENCY_HEADER))
 
 
 def validate(event: dict[str, Any], models: Any) -> tuple[Task, str]:
@@ -124,23 +97,7 @@ def validate(event: dict[str, Any], models: Any) -> tuple[Task, str]:
         fingerprint = request_fingerprint(body)
     except UnicodeEncodeError:
         raise Refused(400, "body holds an unpaired surrogate escape, not Unicode") from None
-    try:
-        task = parse_task_body(body)
-        if task.plan is not None:
-            try:
-                validate_plan(task.plan, task.constraints.max_steps)
-            except PolyrouteError as exc:
-                raise Refused(400, f"plan.steps: {exc}", field="plan.steps") from None
-            for i, step in enumerate(task.plan.steps):
-                if step.model is not None:
-                    try:
-                        models.get(step.model)
-                    except UnknownModelError as exc:
-                        where = f"plan.steps.{i}.model"
-                        raise Refused(400, f"{where}: {exc}", field=where) from None
-        materialize(task.attachments)
-    except InputError as exc:
-        raise Refused(400, str(exc), field=_field_of(str(exc))) from None
+    task = accept_task(body, models)
     return task, fingerprint
 
 

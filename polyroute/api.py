@@ -20,8 +20,8 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 
-from polyroute.errors import InputError
-from polyroute.registry import first_error
+from polyroute.errors import InputError, PolyrouteError, UnknownModelError
+from polyroute.registry import Registry, first_error
 from polyroute.schema import RunResult, Task, WireModel
 
 MAX_BODY_BYTES = 6 * 1024 * 1024  # Lambda's synchronous payload limit
@@ -82,3 +82,65 @@ def idempotency_conflict(key: str, first_task_id: str) -> str:
         f"{IDEMPOTENCY_HEADER} {key!r} was already used with a different request body"
         f" (task {first_task_id}); use a new key for a new request"
     )
+
+
+class Refused(Exception):
+    """A request answered with an ``ApiError`` body and this status (a client mistake)."""
+
+    def __init__(
+        self,
+        status: int,
+        error: str,
+        field: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(error)
+        self.status = status
+        self.body = ApiError(error=error, field=field)
+        self.headers = headers or {}
+
+
+def field_of(message: str) -> str | None:
+    """The dotted field a one-line validation message starts with, if any."""
+    head = message.split(":", 1)[0]
+    return head if head and " " not in head else None
+
+
+def check_idempotency_key(key: str | None) -> str | None:
+    """The Idempotency-Key, trimmed, if any; 400 if it is empty or too long."""
+    if key is None:
+        return None
+    key = key.strip()
+    if not key or len(key) > MAX_IDEMPOTENCY_KEY:
+        raise Refused(
+            400,
+            f"{IDEMPOTENCY_HEADER} must be 1-{MAX_IDEMPOTENCY_KEY} characters",
+            field=IDEMPOTENCY_HEADER,
+        )
+    return key
+
+
+def accept_task(body: Any, registry: Registry) -> Task:
+    """A request body as a Task, checked before it is accepted: the schema, the plan (ids,
+    dependencies, cycle, maxSteps), pinned models, inline attachments; 400 naming the field."""
+    from polyroute.graph import validate_plan
+    from polyroute.taskfile import materialize
+
+    try:
+        task = parse_task_body(body)
+        if task.plan is not None:
+            try:
+                validate_plan(task.plan, task.constraints.max_steps)
+            except PolyrouteError as exc:
+                raise Refused(400, f"plan.steps: {exc}", field="plan.steps") from None
+            for i, step in enumerate(task.plan.steps):
+                if step.model is not None:
+                    try:
+                        registry.get(step.model)
+                    except UnknownModelError as exc:
+                        where = f"plan.steps.{i}.model"
+                        raise Refused(400, f"{where}: {exc}", field=where) from None
+        materialize(task.attachments)
+    except InputError as exc:
+        raise Refused(400, str(exc), field=field_of(str(exc))) from None
+    return task

@@ -42,17 +42,17 @@ from polyroute.api import (
     MAX_BODY_BYTES,
     MAX_IDEMPOTENCY_KEY,
     ApiError,
+    Refused,
     TaskAccepted,
     TaskStatus,
+    accept_task,
+    check_idempotency_key,
     idempotency_conflict,
-    parse_task_body,
     request_fingerprint,
 )
-from polyroute.errors import InputError, PolyrouteError, UnknownModelError
-from polyroute.graph import validate_plan
+from polyroute.errors import InputError, PolyrouteError
 from polyroute.schema import Task
 from polyroute.store import StoredTask, TaskStore
-from polyroute.taskfile import materialize
 
 if TYPE_CHECKING:
     from starlette.applications import Starlette
@@ -71,22 +71,6 @@ _TRUE = {"true", "1", "yes"}
 _FALSE = {"false", "0", "no", ""}
 
 
-class _Refused(Exception):
-    """A request answered with an ApiError body and this status."""
-
-    def __init__(
-        self,
-        status: int,
-        error: str,
-        field: str | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> None:
-        super().__init__(error)
-        self.status = status
-        self.body = ApiError(error=error, field=field)
-        self.headers = headers or {}
-
-
 def is_loopback(host: str) -> bool:
     """True for ``localhost`` and loopback addresses (127.0.0.0/8, ::1)."""
     if host.lower() == "localhost":
@@ -95,11 +79,6 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
-
-
-def _field_of(message: str) -> str | None:
-    m = _FIELD.match(message)
-    return m.group(1) if m else None
 
 
 def _reject_constant(name: str) -> Any:
@@ -130,7 +109,7 @@ class TaskService:
         if scheme.lower() != "bearer" or not hmac.compare_digest(
             given.strip().encode(), self.token.encode()
         ):
-            raise _Refused(
+            raise Refused(
                 401,
                 "missing or wrong bearer token (send 'Authorization: Bearer <token>')",
                 headers={"WWW-Authenticate": "Bearer"},
@@ -141,49 +120,24 @@ class TaskService:
         try:
             data = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
         except UnicodeDecodeError:
-            raise _Refused(400, "body is not UTF-8 text") from None
+            raise Refused(400, "body is not UTF-8 text") from None
         except json.JSONDecodeError as exc:
-            raise _Refused(
+            raise Refused(
                 400, f"body is not valid JSON (line {exc.lineno} column {exc.colno}: {exc.msg})"
             ) from None
         except (ValueError, RecursionError) as exc:
-            raise _Refused(400, f"body is not valid JSON ({exc})") from None
+            raise Refused(400, f"body is not valid JSON ({exc})") from None
         try:
             fingerprint = request_fingerprint(data)
         except UnicodeEncodeError:
-            raise _Refused(400, "body holds an unpaired surrogate escape, not Unicode") from None
-        try:
-            task = parse_task_body(data)
-            if task.plan is not None:
-                try:
-                    validate_plan(task.plan, task.constraints.max_steps)
-                except PolyrouteError as exc:
-                    raise _Refused(400, f"plan.steps: {exc}", field="plan.steps") from None
-                for i, step in enumerate(task.plan.steps):
-                    if step.model is not None:
-                        try:
-                            self.engine.cfg.registry.get(step.model)
-                        except UnknownModelError as exc:
-                            where = f"plan.steps.{i}.model"
-                            raise _Refused(400, f"{where}: {exc}", field=where) from None
-            materialize(task.attachments)
-        except InputError as exc:
-            raise _Refused(400, str(exc), field=_field_of(str(exc))) from None
+            raise Refused(400, "body holds an unpaired surrogate escape, not Unicode") from None
+        task = accept_task(data, self.engine.cfg.registry)
         return task, fingerprint
 
     @staticmethod
     def check_key(key: str | None) -> str | None:
         """The Idempotency-Key, if any; 400 if it is empty or too long."""
-        if key is None:
-            return None
-        key = key.strip()
-        if not key or len(key) > MAX_IDEMPOTENCY_KEY:
-            raise _Refused(
-                400,
-                f"{IDEMPOTENCY_HEADER} must be 1-{MAX_IDEMPOTENCY_KEY} characters",
-                field=IDEMPOTENCY_HEADER,
-            )
-        return key
+        return check_idempotency_key(key)
 
     # --- the work ---------------------------------------------------------------------------
 
@@ -200,7 +154,7 @@ class TaskService:
             first = self.store.by_idempotency_key(key) if key is not None else None
             if first is not None:
                 return await self._replay(first, key or "", fingerprint, wait)
-            raise _Refused(
+            raise Refused(
                 409,
                 f"taskId {task_id!r} already exists: GET /v1/tasks/{task_id} for it, or leave"
                 " taskId out to have a new one made",
@@ -215,7 +169,7 @@ class TaskService:
         self, first: StoredTask, key: str, fingerprint: str, wait: bool
     ) -> tuple[int, TaskAccepted | TaskStatus]:
         if first.request_sha256 != fingerprint:
-            raise _Refused(422, idempotency_conflict(key, first.task_id), field=IDEMPOTENCY_HEADER)
+            raise Refused(422, idempotency_conflict(key, first.task_id), field=IDEMPOTENCY_HEADER)
         return await self._answer(first.task_id, wait)
 
     async def _answer(self, task_id: str, wait: bool) -> tuple[int, TaskAccepted | TaskStatus]:
@@ -228,7 +182,7 @@ class TaskService:
             await asyncio.shield(job)
         stored = self.store.get(task_id)
         if stored is None:  # pragma: no cover - rows are never deleted
-            raise _Refused(404, f"no task {task_id!r}", field="taskId")
+            raise Refused(404, f"no task {task_id!r}", field="taskId")
         return 200, stored.to_status()
 
     async def _run(self, task_id: str, task: Task) -> None:
@@ -249,7 +203,7 @@ class TaskService:
         """A task's status; 404 if the id is unknown."""
         stored = self.store.get(task_id)
         if stored is None:
-            raise _Refused(404, f"no task with id {task_id!r}", field="taskId")
+            raise Refused(404, f"no task with id {task_id!r}", field="taskId")
         return stored.to_status()
 
     async def shutdown(self) -> None:
@@ -411,7 +365,7 @@ async def _read_body(request: Request, limit: int) -> bytes:
     if not too_big:
         return b"".join(chunks)
     shown = f"{declared} bytes" if declared and declared.isdigit() else "larger than that"
-    raise _Refused(413, f"body is {shown}; the limit is {limit} bytes")
+    raise Refused(413, f"body is {shown}; the limit is {limit} bytes")
 
 
 def _async_flag(value: str | None) -> bool:
@@ -419,7 +373,7 @@ def _async_flag(value: str | None) -> bool:
         return False
     if value.lower() in _TRUE:
         return True
-    raise _Refused(400, f"async: expected true or false, got {value!r}", field="async")
+    raise Refused(400, f"async: expected true or false, got {value!r}", field="async")
 
 
 def create_app(
@@ -438,7 +392,7 @@ def create_app(
     service = TaskService(engine, store, token)
     document = openapi_document()
 
-    def refused(exc: _Refused) -> Response:
+    def refused(exc: Refused) -> Response:
         return JSONResponse(exc.body.to_wire(), status_code=exc.status, headers=exc.headers)
 
     def guarded(
@@ -447,7 +401,7 @@ def create_app(
         async def wrapper(request: Request) -> Response:
             try:
                 return await handler(request)
-            except _Refused as exc:
+            except Refused as exc:
                 return refused(exc)
 
         return wrapper
