@@ -50,12 +50,11 @@ class Store(Protocol):
         ...
 
 
-class S3Store:
-    """Spilled values in an S3 bucket, under a prefix (server-side encrypted by the bucket)."""
+class S3Location:
+    """A bucket and a key prefix, with an S3 client made on first use (or injected), so
+    importing a module that stores things costs no boto3 import."""
 
-    scheme = "s3"
-
-    def __init__(self, bucket: str, prefix: str = "spill/", client: Any = None) -> None:
+    def __init__(self, bucket: str, prefix: str, client: Any = None) -> None:
         self.bucket = bucket
         self.prefix = prefix
         self._client = client
@@ -67,6 +66,15 @@ class S3Store:
 
             self._client = boto3.client("s3")
         return self._client
+
+
+class S3Store(S3Location):
+    """Spilled values in an S3 bucket, under a prefix (server-side encrypted by the bucket)."""
+
+    scheme = "s3"
+
+    def __init__(self, bucket: str, prefix: str = "spill/", client: Any = None) -> None:
+        super().__init__(bucket, prefix, client)
 
     def put(self, key: str, data: bytes) -> str:
         full = f"{self.prefix}{key}"

@@ -78,7 +78,7 @@ from polyroute.schema import (
     Task,
     WireModel,
 )
-from polyroute.spill import Spiller, is_ref
+from polyroute.spill import S3Location, Spiller, is_ref
 from polyroute.taskfile import Materialized, materialize
 
 # Step Functions' limit on a state's input or output, and the share of it a wave's collected
@@ -785,22 +785,12 @@ def _error_of(error: dict[str, Any]) -> tuple[str, str]:
     return name, message
 
 
-class ResultStore:
+class ResultStore(S3Location):
     """Task statuses in the bucket (``results/<taskId>.json``): Express executions cannot be
     described once finished, so the finalizer records each result for ``GET /v1/tasks``."""
 
     def __init__(self, bucket: str, client: Any = None, prefix: str = "results/") -> None:
-        self.bucket = bucket
-        self.prefix = prefix
-        self._client = client
-
-    @property
-    def client(self) -> Any:
-        if self._client is None:
-            import boto3
-
-            self._client = boto3.client("s3")
-        return self._client
+        super().__init__(bucket, prefix, client)
 
     def key(self, task_id: str) -> str:
         return f"{self.prefix}{task_id}.json"
@@ -859,7 +849,7 @@ class IdempotencyRecord(WireModel):
     task_id: str
 
 
-class IdempotencyStore:
+class IdempotencyStore(S3Location):
     """Idempotency-Keys in the bucket (``idempotency/<sha256 of the key>.json``), for the
     deployed API as ``polyroute serve``'s SQLite store keeps them locally.
 
@@ -867,17 +857,7 @@ class IdempotencyStore:
     the same key, exactly one writes the record and starts its task; the other reads it."""
 
     def __init__(self, bucket: str, client: Any = None, prefix: str = "idempotency/") -> None:
-        self.bucket = bucket
-        self.prefix = prefix
-        self._client = client
-
-    @property
-    def client(self) -> Any:
-        if self._client is None:
-            import boto3
-
-            self._client = boto3.client("s3")
-        return self._client
+        super().__init__(bucket, prefix, client)
 
     def key(self, idempotency_key: str) -> str:
         digest = hashlib.sha256(idempotency_key.encode("utf-8")).hexdigest()
