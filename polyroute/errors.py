@@ -7,6 +7,11 @@ the CLI maps ``exit_code`` to its documented exit status (2 bad input, 3 budget 
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Self
+
+if TYPE_CHECKING:
+    from polyroute.schema import Usage
+
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_BAD_INPUT = 2
@@ -94,6 +99,19 @@ class PlanningError(PolyrouteError):
 
 class ProviderError(PolyrouteError):
     """A model provider call failed."""
+
+    usage: Usage | None = None
+    """Tokens the provider billed for the failed call(s): a refused, cut-off or invalid answer
+    still costs what it read and wrote. None when nothing was billed (an HTTP error)."""
+
+    attempts: int = 1
+    """Calls made on the model before this error was raised (an answer and its repair: 2)."""
+
+    def billed(self, usage: Usage) -> Self:
+        """This error, with ``usage`` added to what the failed call(s) were billed."""
+        if usage.total:
+            self.usage = usage if self.usage is None else self.usage + usage
+        return self
 
 
 class RateLimitedError(ProviderError):

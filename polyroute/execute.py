@@ -81,25 +81,37 @@ async def call_with_retries(
 
     Raises ``RetriesExhaustedError`` when attempts run out (or the model's circuit opens),
     ``DeadlineExceededError`` when the deadline leaves no time for the next attempt, and
-    ``OutputTruncatedError`` when the answer is still cut off or invalid after the repair."""
+    ``OutputTruncatedError`` when the answer is still cut off or invalid after the repair.
+    An error raised after the provider answered carries what those answers were billed
+    (``ProviderError.usage``), so the caller can charge it."""
     first = await _call_retrying(provider, req, policy, rng, time_left_s, sleep, breaker)
     if not repair:
         return first
     problem, text = output_problem(req, first.response)
     if problem is None:
         return _with_text(first, text)
+    # The first answer was billed, whatever happens next: every error from here carries it.
+    r1 = first.response
     left = time_left_s()
     if left is not None and left <= 0:
-        raise OutputTruncatedError(_repair_failed(req, problem, repaired=False))
-    fix = repair_request(req, first.response, problem)
+        error = OutputTruncatedError(_repair_failed(req, problem, repaired=False))
+        error.attempts = first.attempts
+        raise error.billed(r1.usage)
+    fix = repair_request(req, r1, problem)
     try:
         second = await _call_retrying(provider, fix, policy, rng, time_left_s, sleep, breaker)
     except RetriesExhaustedError as exc:
+        exc.last.billed(r1.usage)
         raise RetriesExhaustedError(exc.last, first.attempts + exc.attempts) from exc
-    problem2, text2 = output_problem(fix, second.response)
+    except ProviderError as exc:
+        exc.billed(r1.usage).attempts = first.attempts + 1
+        raise
+    r2 = second.response
+    problem2, text2 = output_problem(fix, r2)
     if problem2 is not None:
-        raise OutputTruncatedError(_repair_failed(req, problem2, repaired=True))
-    r1, r2 = first.response, second.response
+        error = OutputTruncatedError(_repair_failed(req, problem2, repaired=True))
+        error.attempts = first.attempts + second.attempts
+        raise error.billed(r1.usage + r2.usage)
     response = replace(
         r2,
         text=text2 if text2 is not None else r2.text,

@@ -149,10 +149,6 @@ def parse_message(msg: Any, req: ModelRequest, latency_ms: float) -> ModelRespon
         if getattr(block, "type", None) == "text"
     )
     stop = str(getattr(msg, "stop_reason", None) or "end_turn")
-    if stop == "refusal":
-        raise live.refused(PROVIDER, spec.id, "stop_reason refusal")
-    if stop == "model_context_window_exceeded":
-        stop = "max_tokens"
     u = getattr(msg, "usage", None)
     usage = Usage(
         input_tokens=int(getattr(u, "input_tokens", 0) or 0),
@@ -160,6 +156,10 @@ def parse_message(msg: Any, req: ModelRequest, latency_ms: float) -> ModelRespon
         cache_read_tokens=int(getattr(u, "cache_read_input_tokens", 0) or 0),
         cache_write_tokens=int(getattr(u, "cache_creation_input_tokens", 0) or 0),
     )
+    if stop == "refusal":
+        raise live.refused(PROVIDER, spec.id, "stop_reason refusal").billed(usage)
+    if stop == "model_context_window_exceeded":
+        stop = "max_tokens"
     extra = {"api_model": str(getattr(msg, "model", spec.api_id))}
     msg_id = getattr(msg, "id", None)
     if msg_id:

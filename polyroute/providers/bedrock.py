@@ -187,12 +187,6 @@ def parse_converse(resp: dict[str, Any], req: ModelRequest, latency_ms: float) -
     """A Converse response as a ``ModelResponse``; a content filter or guardrail raises."""
     spec = req.model
     stop = str(resp.get("stopReason") or "end_turn")
-    if stop in ("content_filtered", "guardrail_intervened"):
-        raise live.refused(PROVIDER, spec.id, f"stopReason {stop}")
-    if stop == "model_context_window_exceeded":
-        stop = "max_tokens"
-    message = (resp.get("output") or {}).get("message") or {}
-    text = "".join(str(block["text"]) for block in message.get("content") or [] if "text" in block)
     u = resp.get("usage") or {}
     # Converse reports inputTokens apart from the cache reads and writes, as Anthropic does.
     usage = Usage(
@@ -201,6 +195,12 @@ def parse_converse(resp: dict[str, Any], req: ModelRequest, latency_ms: float) -
         cache_read_tokens=int(u.get("cacheReadInputTokens") or 0),
         cache_write_tokens=int(u.get("cacheWriteInputTokens") or 0),
     )
+    if stop in ("content_filtered", "guardrail_intervened"):
+        raise live.refused(PROVIDER, spec.id, f"stopReason {stop}").billed(usage)
+    if stop == "model_context_window_exceeded":
+        stop = "max_tokens"
+    message = (resp.get("output") or {}).get("message") or {}
+    text = "".join(str(block["text"]) for block in message.get("content") or [] if "text" in block)
     extra = {"bedrock_id": str(spec.bedrock_id)}
     request_id = (resp.get("ResponseMetadata") or {}).get("RequestId")
     if request_id:

@@ -141,13 +141,6 @@ def parse_completion(
         raise live.error_for_status(provider, spec.id, 502, "the response has no choices")
     choice = choices[0]
     message = getattr(choice, "message", None)
-    refusal = getattr(message, "refusal", None)
-    if refusal:
-        raise live.refused(provider, spec.id, str(refusal))
-    finish = str(getattr(choice, "finish_reason", None) or "stop")
-    if finish == "content_filter":
-        raise live.refused(provider, spec.id, "finish_reason content_filter")
-    stop = {"stop": "end_turn", "length": "max_tokens"}.get(finish, finish)
     u = getattr(completion, "usage", None)
     prompt = int(getattr(u, "prompt_tokens", 0) or 0)
     details = getattr(u, "prompt_tokens_details", None)
@@ -157,6 +150,13 @@ def parse_completion(
         output_tokens=int(getattr(u, "completion_tokens", 0) or 0),
         cache_read_tokens=cached,
     )
+    refusal = getattr(message, "refusal", None)
+    if refusal:
+        raise live.refused(provider, spec.id, str(refusal)).billed(usage)
+    finish = str(getattr(choice, "finish_reason", None) or "stop")
+    if finish == "content_filter":
+        raise live.refused(provider, spec.id, "finish_reason content_filter").billed(usage)
+    stop = {"stop": "end_turn", "length": "max_tokens"}.get(finish, finish)
     extra = {"api_model": str(getattr(completion, "model", spec.api_id))}
     return ModelResponse(
         text=str(getattr(message, "content", None) or ""),

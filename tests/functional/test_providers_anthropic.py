@@ -24,6 +24,7 @@ from polyroute.execute import RetryPolicy, call_with_retries
 from polyroute.providers.anthropic import AnthropicProvider
 from polyroute.providers.base import ImageInput, ModelRequest
 from polyroute.registry import load_registry
+from polyroute.schema import Usage
 
 from ..provider_fakes import PNG, FakeProviders, Reply, anthropic_error
 
@@ -163,6 +164,13 @@ def test_failures_map_to_polyroute_errors_without_sdk_retries(
         asyncio.run(provider(fake).request(req()))
     assert len(fake.calls(api="anthropic")) == 1  # the SDK did not retry on its own
     assert "claude-sonnet-4-5" in str(info.value)
+
+
+def test_a_refusal_carries_the_tokens_it_was_billed(fake: FakeProviders) -> None:
+    fake.queue(SONNET, Reply(stop="refusal", text=""))
+    with pytest.raises(ContentRefusedError) as info:
+        asyncio.run(provider(fake).request(req()))
+    assert info.value.usage == Usage(input_tokens=100, output_tokens=20)
 
 
 def test_rate_limit_carries_retry_after(fake: FakeProviders) -> None:

@@ -29,6 +29,7 @@ from polyroute.providers.base import ImageInput, ModelRequest
 from polyroute.providers.bedrock import BedrockProvider, make_client
 from polyroute.providers.live import JSON_INSTRUCTION
 from polyroute.registry import load_registry
+from polyroute.schema import Usage
 
 from ..provider_fakes import PNG, FakeProviders, Reply, bedrock_error
 
@@ -206,8 +207,9 @@ def test_client_errors_map_to_polyroute_errors(
 def test_filtered_answers_are_refusals(stubbed: tuple[BedrockProvider, Stubber], stop: str) -> None:
     provider, stub = stubbed
     stub.add_response("converse", converse_response("", stop=stop))
-    with pytest.raises(ContentRefusedError, match=stop):
+    with pytest.raises(ContentRefusedError, match=stop) as info:
         asyncio.run(provider.request(req()))
+    assert info.value.usage == Usage(input_tokens=100, output_tokens=20)
 
 
 def test_max_tokens_stop_is_reported(stubbed: tuple[BedrockProvider, Stubber]) -> None:

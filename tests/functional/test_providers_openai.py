@@ -23,6 +23,7 @@ from polyroute.providers.base import ImageInput, ModelRequest
 from polyroute.providers.openai import OpenAIProvider
 from polyroute.providers.openai_compatible import OpenAICompatibleProvider
 from polyroute.registry import ModelSpec, load_registry
+from polyroute.schema import Usage
 
 from ..provider_fakes import PNG, FakeProviders, Reply, openai_error
 
@@ -168,8 +169,14 @@ def test_refusal_field_is_a_content_refusal(fake: FakeProviders) -> None:
         ],
     }
     fake.queue("gpt-4o", Reply(body=body))
-    with pytest.raises(ContentRefusedError, match="can't help"):
+    with pytest.raises(ContentRefusedError, match="can't help") as info:
         asyncio.run(provider(fake).request(req()))
+    assert info.value.usage is None  # this reply reported no usage: nothing to bill
+    body["usage"] = {"prompt_tokens": 50, "completion_tokens": 7, "total_tokens": 57}
+    fake.queue("gpt-4o", Reply(body=body))
+    with pytest.raises(ContentRefusedError) as info:
+        asyncio.run(provider(fake).request(req()))
+    assert info.value.usage == Usage(input_tokens=50, output_tokens=7)
 
 
 def test_rate_limit_reads_retry_after_ms(fake: FakeProviders) -> None:

@@ -228,3 +228,42 @@ def test_breaker_opening_stops_the_retries_and_then_skips_the_model() -> None:
 def test_extract_json_returns_none_without_json() -> None:
     assert extract_json("no braces here") is None
     assert extract_json("{ not: json }") is None
+
+
+def test_an_unrepairable_answer_carries_both_calls_billing() -> None:
+    p = Scripted("nope", "still nope")
+    with pytest.raises(OutputTruncatedError) as info:
+        call(p)
+    assert info.value.usage == Usage(input_tokens=20, output_tokens=10)
+    assert info.value.attempts == 2
+
+
+def test_an_answer_left_unrepaired_by_the_deadline_carries_its_billing() -> None:
+    t = FakeTime(10.0)
+
+    class Slow(Scripted):
+        async def request(self, req: ModelRequest) -> ModelResponse:
+            t.now += 20.0
+            return await super().request(req)
+
+    with pytest.raises(OutputTruncatedError) as info:
+        call(Slow(("cut", "max_tokens")), ModelRequest(model=SPEC, prompt="x"), time=t)
+    assert info.value.usage == Usage(input_tokens=10, output_tokens=5)
+
+
+def test_a_failed_repair_call_carries_the_first_answers_billing() -> None:
+    refused = Scripted(("cut", "max_tokens"), InvalidRequestError("400: bad"))
+    with pytest.raises(InvalidRequestError) as info:
+        call(refused, ModelRequest(model=SPEC, prompt="x"))
+    assert info.value.usage == Usage(input_tokens=10, output_tokens=5)
+    busy = Scripted(("cut", "max_tokens"), *[OverloadedError("busy")] * 3)
+    with pytest.raises(RetriesExhaustedError) as exhausted:
+        call(busy, ModelRequest(model=SPEC, prompt="x"), policy=RetryPolicy(base_delay_s=0.0))
+    assert exhausted.value.last.usage == Usage(input_tokens=10, output_tokens=5)
+    assert exhausted.value.attempts == 4
+
+
+def test_an_http_error_bills_nothing() -> None:
+    with pytest.raises(InvalidRequestError) as info:
+        call(Scripted(InvalidRequestError("400: bad")))
+    assert info.value.usage is None
