@@ -105,7 +105,8 @@ def _engine_options(p: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="MODEL=KIND[xN]",
-        help="inject simulated failures (KIND: 429, 529, 500, timeout)",
+        help="inject simulated failures (KIND: 429, 529, 500, timeout; refusal and truncated"
+        " are answered and billed)",
     )
 
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from polyroute.budget import Budget
+from polyroute.budget import Budget, Reservation
 from polyroute.circuit import CircuitBreaker
 from polyroute.classify import ClassifyInput, LocalClassifier, ModelClassifier
 from polyroute.compress import (
@@ -420,16 +420,19 @@ class Engine:
                 breaker=self.cfg.breaker,
             )
         except RetriesExhaustedError as exc:
-            run.budget.release(reservation)
+            charge_failure(run.budget, reservation, res, spec, exc.last)
             res.attempts += exc.attempts
             return exc.last
+        except ProviderError as exc:
+            charge_failure(run.budget, reservation, res, spec, exc)
+            res.attempts += exc.attempts
+            raise
         except BaseException:
             run.budget.release(reservation)
             res.attempts += 1
             raise
         resp = call.response
-        cost = call_cost(spec, resp.usage)
-        run.budget.settle(reservation, resp.usage.total, cost)
+        run.budget.settle(reservation, resp.usage.total, call_cost(spec, resp.usage))
         run.simulated = run.simulated or resp.simulated
         state.output = resp.text
         state.completed = record_success(
@@ -661,6 +664,28 @@ def model_request(
     )
 
 
+def record_billed(res: StepResult, spec: ModelSpec, usage: Usage) -> float:
+    """Add tokens a call of ``spec`` was billed to the step's usage and cost; return the cost.
+
+    Every call the provider answered counts, not only the one that succeeded: a refused,
+    cut-off or invalid answer, and the repair attempt after it, cost money too."""
+    cost = call_cost(spec, usage)
+    res.usage = res.usage + usage
+    res.cost_usd = round(res.cost_usd + cost, 8)
+    return cost
+
+
+def charge_failure(
+    budget: Budget, reservation: Reservation, res: StepResult, spec: ModelSpec, exc: ProviderError
+) -> None:
+    """Give a failed call's reservation back, and charge what the provider billed for it (a
+    refused or unrepairable answer) to the budget and the step; an HTTP error bills nothing.
+    Only a step that succeeds counts against ``maxSteps``, as before any failure."""
+    budget.release(reservation)
+    if exc.usage is not None and exc.usage.total > 0:
+        budget.charge(exc.usage.total, record_billed(res, spec, exc.usage))
+
+
 def record_success(
     res: StepResult,
     step: Step,
@@ -669,14 +694,14 @@ def record_success(
     compressed: bool,
     attempts: int,
 ) -> CompletedStep:
-    """Fill a step's result from a successful call; return the handoff's record of it."""
-    cost = call_cost(spec, resp.usage)
+    """Fill a step's result from a successful call; return the handoff's record of it.
+
+    The step's usage and cost add this call to whatever earlier failed calls were billed."""
+    record_billed(res, spec, resp.usage)
     res.attempts += attempts
     res.model = spec.id
     res.provider = resp.provider
     res.simulated = resp.simulated
-    res.usage = resp.usage
-    res.cost_usd = round(cost, 8)
     return CompletedStep(
         agent_id=step.id,
         model=spec.id,
@@ -684,8 +709,8 @@ def record_success(
         result=resp.text,
         confidence=_confidence(resp.stop_reason, compressed, res.fallback_from),
         duration_ms=round(resp.latency_ms),
-        tokens_used=resp.usage.total,
-        cost_usd=round(cost, 8),
+        tokens_used=res.usage.total,
+        cost_usd=res.cost_usd,
     )
 
 

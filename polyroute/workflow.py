@@ -60,9 +60,11 @@ from polyroute.errors import (
     DeadlineExceededError,
     LimitError,
     PolyrouteError,
+    ProviderError,
 )
 from polyroute.execute import RetriesExhaustedError, RetryPolicy, call_with_retries
 from polyroute.providers.base import ImageInput
+from polyroute.registry import ModelSpec
 from polyroute.schema import (
     SCHEMA_VERSION,
     AgentHandoff,
@@ -76,6 +78,7 @@ from polyroute.schema import (
     StepResult,
     StepStatus,
     Task,
+    Usage,
     WireModel,
 )
 from polyroute.spill import S3Location, Spiller, is_ref
@@ -123,6 +126,12 @@ class CallPlan(WireModel):
     reason: str | None = None
     reserved_tokens: int = 0
     reserved_cost_usd: float = 0.0
+    billed: Usage = Field(
+        default_factory=Usage,
+        description="What the step's earlier failed calls were billed (a refused or unrepairable "
+        "answer), carried to the step's result.",
+    )
+    billed_cost_usd: float = 0.0
 
 
 class StepRecord(WireModel):
@@ -134,6 +143,10 @@ class StepRecord(WireModel):
         default=None, description="The routing decision, without its candidates."
     )
     required: list[Capability] = Field(default_factory=list)
+    charged_tokens: int = Field(
+        default=0, description="What of the step's billed tokens the budget has been charged."
+    )
+    charged_cost_usd: float = 0.0
 
 
 class WorkflowState(WireModel):
@@ -451,9 +464,14 @@ class Workflow:
         state.providers.update(out.providers)
         if out.result is not None:
             rec.result = out.result
+        # Outcomes carry the step's billing so far; the budget is charged what is new.
+        billed_tokens = rec.result.usage.total - rec.charged_tokens
+        billed_cost = out.cost_exact_usd - rec.charged_cost_usd
+        rec.charged_tokens = rec.result.usage.total
+        rec.charged_cost_usd = max(rec.charged_cost_usd, out.cost_exact_usd)
         if out.status == "succeeded" and out.completed is not None:
             if held is not None:
-                budget.settle(held, out.completed.tokens_used, out.cost_exact_usd)
+                budget.settle(held, billed_tokens, billed_cost)
             state.simulated = state.simulated or rec.result.simulated
             rec.result.status = "succeeded"
             rec.phase = "done"
@@ -461,6 +479,8 @@ class Workflow:
             return
         if held is not None:
             budget.release(held)
+        if billed_tokens > 0:
+            budget.charge(billed_tokens, billed_cost)
         if out.status == "fallback" and out.call is not None:
             rec.phase = "waiting"
             requeue[out.step_id] = out.call
@@ -584,8 +604,16 @@ class Workflow:
                     self.cfg.sleep,
                 )
             )
-        except RetriesExhaustedError as exc:
-            raise exc.last from None
+        except (RetriesExhaustedError, ProviderError) as exc:
+            error = exc.last if isinstance(exc, RetriesExhaustedError) else exc
+            if isinstance(exc, RetriesExhaustedError):
+                error.attempts = exc.attempts
+            if error.usage is None or error.usage.total == 0:
+                raise error from None
+            # The provider answered and billed it; a Lambda error cannot carry that, so this
+            # takes the Catch's path itself, with what was billed.
+            caught = {"Error": type(error).__name__, "Cause": str(error)}
+            return self.fallback({**event, "error": caught}, billed=(spec, error))
         resp = result.response
         rec = state.steps[item.step_id]
         res = rec.result.model_copy(deep=True)
@@ -593,8 +621,9 @@ class Workflow:
         if call.reason:
             res.reason = call.reason
         res.attempts = call.attempts
+        res.usage, res.cost_usd = call.billed, round(call.billed_cost_usd, 8)
         completed = record_success(res, step, spec, resp, packed.compressed, retry_count + 1)
-        cost = call_cost(spec, resp.usage)
+        cost = call.billed_cost_usd + call_cost(spec, resp.usage)
         res.status = "succeeded"
         res.finished_at = self._now()
         if res.started_at is not None:
@@ -611,14 +640,22 @@ class Workflow:
             cost_exact_usd=cost,
             providers={spec.id: provider.name},
         )
-        return self.spiller.maybe_spill(outcome.to_wire(), "outcome", limit=item.inline_limit)
+        wire = self.spiller.maybe_spill(outcome.to_wire(), "outcome", limit=item.inline_limit)
+        return {"next": "done", "outcome": wire}
 
-    def fallback(self, event: dict[str, Any]) -> dict[str, Any]:
+    def fallback(
+        self, event: dict[str, Any], billed: tuple[ModelSpec, ProviderError] | None = None
+    ) -> dict[str, Any]:
         """The ``Catch``: after a retryable failure, re-route to the next eligible model;
-        otherwise close the step with the error."""
+        otherwise close the step with the error. ``billed`` is the model and the error of a
+        failed call the provider answered and billed (``execute`` passes it)."""
         state = self.load_state(event["state"])
         item = WaveItem.model_validate(event["item"])
         call = CallPlan.model_validate(event.get("call") or item.call.to_wire())
+        if billed is not None and billed[1].usage is not None:
+            spent = billed[1].usage
+            call.billed = call.billed + spent
+            call.billed_cost_usd += call_cost(billed[0], spent)
         name, message = _error_of(event.get("error") or {})
         rec = state.steps[item.step_id]
         res = rec.result.model_copy(deep=True)
@@ -626,9 +663,14 @@ class Workflow:
         res.fallback_from = call.fallback_from
         if call.reason:
             res.reason = call.reason
+        res.usage, res.cost_usd = call.billed, round(call.billed_cost_usd, 8)
         now = self._now()
         reached_model = "packed" in event
-        if reached_model:
+        if billed is not None:
+            # The calls of this invocation (an answer and its repair), after the state
+            # machine's retries of it.
+            res.attempts += int(event.get("retryCount") or 0) + billed[1].attempts
+        elif reached_model:
             res.attempts += EXECUTE_ATTEMPTS if name in RETRYABLE_NAMES else 1
         providers = (
             {call.model: self.cfg.provider_for(self.cfg.registry.get(call.model)).name}
@@ -652,6 +694,7 @@ class Workflow:
                 stop_reason=stop,
                 providers=providers,
                 error=message,
+                cost_exact_usd=call.billed_cost_usd,
                 **extra,
             )
             wire = self.spiller.maybe_spill(outcome.to_wire(), "outcome", limit=item.inline_limit)
@@ -689,6 +732,8 @@ class Workflow:
             reason=decision_reason,
             reserved_tokens=packed.reserve_tokens,
             reserved_cost_usd=packed.worst_cost_usd,
+            billed=call.billed,
+            billed_cost_usd=call.billed_cost_usd,
         )
         fits = (
             packed.reserve_tokens <= call.reserved_tokens

@@ -3,7 +3,9 @@
 Token counts come from the real input; latency from the registry's typical figures scaled by
 ``time_scale`` (so parallel steps overlap in wall time); JSON is valid when JSON is asked
 for, and classification and plans come from the local classifier and the local planner.
-Failures can be injected per model (429, 529, 500, timeout) to exercise retries and fallbacks.
+Failures can be injected per model to exercise retries and fallbacks (429, 529, 500, timeout:
+nothing billed) and the failures that come after the model answered, which are billed
+(refusal: the answer is a refusal; truncated: the answer is cut off at ``max_tokens``).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Literal
 
 from polyroute.errors import (
     ConfigError,
+    ContentRefusedError,
     OverloadedError,
     ProviderError,
     ProviderServerError,
@@ -28,8 +31,10 @@ from polyroute.providers.base import ModelRequest, ModelResponse, register_provi
 from polyroute.schema import Usage
 from polyroute.tokens import IMAGE_TOKENS_DEFAULT, estimate_tokens
 
-FailureKind = Literal["429", "529", "500", "timeout"]
-FAILURE_KINDS: tuple[str, ...] = ("429", "529", "500", "timeout")
+FailureKind = Literal["429", "529", "500", "timeout", "refusal", "truncated"]
+BILLED_FAILURE_KINDS: tuple[str, ...] = ("refusal", "truncated")
+"""Failures that come after the model answered: the call's tokens are billed all the same."""
+FAILURE_KINDS: tuple[str, ...] = ("429", "529", "500", "timeout", *BILLED_FAILURE_KINDS)
 SIMULATED_TAG = "[simulated]"
 CACHE_MIN_TOKENS = 1024
 
@@ -54,8 +59,9 @@ _WORDS = (
 ).split()
 
 
-def make_failure(kind: str, model: str) -> ProviderError:
-    """The error a provider raises for an injected failure kind."""
+def make_failure(kind: str, model: str) -> ProviderError | None:
+    """The error a provider raises for an injected failure kind (None for ``truncated``,
+    which is an answer, not an error)."""
     if kind == "429":
         return RateLimitedError(f"{model}: 429 rate limited (simulated)", retry_after_s=0.01)
     if kind == "529":
@@ -64,6 +70,10 @@ def make_failure(kind: str, model: str) -> ProviderError:
         return ProviderServerError(f"{model}: 500 internal server error (simulated)")
     if kind == "timeout":
         return ProviderTimeoutError(f"{model}: read timeout (simulated)")
+    if kind == "refusal":
+        return ContentRefusedError(f"{model}: the model refused: stop_reason refusal (simulated)")
+    if kind == "truncated":
+        return None
     raise ConfigError(f"unknown failure kind {kind!r} (choose from {', '.join(FAILURE_KINDS)})")
 
 
@@ -142,9 +152,11 @@ class SimulatedProvider:
         self.calls.append(req)
         spec = req.model
         failure = self.failures.next_failure(spec.id, self._rng)
-        if failure is not None:
+        if failure is not None and failure not in BILLED_FAILURE_KINDS:
             await self._sleep(spec.latency.ttft_ms / 1000.0 * self.time_scale)
-            raise make_failure(failure, spec.id)
+            error = make_failure(failure, spec.id)
+            assert error is not None
+            raise error
 
         rng = self._rng_for(req)
         prefix_tokens = round(estimate_tokens(req.prefix) * spec.token_factor)
@@ -175,17 +187,28 @@ class SimulatedProvider:
         latency_ms = spec.latency.ttft_ms + 1000.0 * out_tokens / spec.latency.output_tokens_per_s
         latency_ms *= rng.uniform(0.9, 1.1)
         await self._sleep(latency_ms / 1000.0 * self.time_scale)
+        usage = Usage(
+            input_tokens=usage_in,
+            output_tokens=out_tokens,
+            cache_read_tokens=cache_read,
+            cache_write_tokens=cache_write,
+        )
+        stop_reason = "end_turn"
+        if failure == "truncated":
+            # Cut off mid-answer, as a provider does at max_tokens: all of it billed.
+            text, stop_reason = text[: max(1, len(text) // 2)], "max_tokens"
+            usage = usage.model_copy(update={"output_tokens": req.max_tokens})
+        elif failure is not None:
+            error = make_failure(failure, spec.id)
+            assert error is not None
+            raise error.billed(usage)
         return ModelResponse(
             text=text,
-            usage=Usage(
-                input_tokens=usage_in,
-                output_tokens=out_tokens,
-                cache_read_tokens=cache_read,
-                cache_write_tokens=cache_write,
-            ),
+            usage=usage,
             latency_ms=latency_ms * self.time_scale,
             model=spec.id,
             provider=self.name,
+            stop_reason=stop_reason,
             simulated=True,
         )
 

@@ -94,6 +94,26 @@ def test_a_529_falls_back_to_the_next_eligible_model_as_locally() -> None:
     assert result.status == "succeeded"
 
 
+@pytest.mark.parametrize(
+    "failures", [["claude-haiku-4-5=refusal"], ["claude-haiku-4-5=truncatedx2"]]
+)
+def test_a_billed_failure_is_charged_as_locally(failures: list[str]) -> None:
+    """A refused or unrepairable answer fails its step, and what it was billed is in the
+    step's cost, the totals and the budget, as in the local engine."""
+    task = load_task(EXAMPLES / "code_review.json")
+    result = run_on_stepfunctions_local(task, config(failures))
+    local = local_result(task, failures)
+    first = result.steps[0]
+    assert first.model == "claude-haiku-4-5" and first.status == "failed"
+    assert first.usage.total > 0 and first.cost_usd > 0
+    assert steps_of(result) == steps_of(local)
+    assert [s.usage for s in result.steps] == [s.usage for s in local.steps]
+    assert result.totals.cost_usd == local.totals.cost_usd
+    assert result.budgets.cost_used_usd == pytest.approx(local.budgets.cost_used_usd)
+    assert result.budgets.tokens_used == local.budgets.tokens_used
+    assert result.budgets.steps_used == local.budgets.steps_used
+
+
 def test_a_cyclic_plan_fails_the_execution_cleanly_naming_the_cycle() -> None:
     task = load_task(EXAMPLES / "cyclic_plan.json")
     local = LocalStepFunctions(config())

@@ -13,7 +13,7 @@ from polyroute.providers.base import ModelRequest, ModelResponse
 from polyroute.providers.simulated import FailurePlan, SimulatedProvider
 from polyroute.registry import load_registry
 from polyroute.routing import load_policy
-from polyroute.schema import Task, Usage
+from polyroute.schema import RunResult, Task, Usage
 from polyroute.taskfile import load_task
 
 from ..conftest import EXAMPLES
@@ -142,6 +142,63 @@ def test_overloaded_model_falls_back_and_the_ledger_says_so() -> None:
     assert step.model != "claude-sonnet-4-5"
     assert step.attempts == 4
     assert "fell back from claude-sonnet-4-5" in step.reason
+
+
+def implement_task() -> Task:
+    return Task.model_validate(
+        {
+            "description": "x",
+            "plan": {
+                "steps": [{"id": "impl", "description": "implement it", "type": "implementation"}]
+            },
+        }
+    )
+
+
+def run_with(failures: list[str]) -> tuple[SimulatedProvider, RunResult]:
+    sim = SimulatedProvider(time_scale=0.0, failures=FailurePlan.parse(failures))
+    return sim, asyncio.run(engine(sim).run(implement_task()))
+
+
+def test_a_refused_answer_is_billed_to_the_step_the_totals_and_the_budget() -> None:
+    _, result = run_with(["claude-sonnet-4-5=refusal"])
+    step = result.steps[0]
+    assert step.status == "failed" and "refused" in (step.error or "")
+    assert step.usage.input_tokens > 0 and step.usage.output_tokens > 0
+    spec = load_registry().get("claude-sonnet-4-5")
+    assert step.cost_usd == pytest.approx(call_cost(spec, step.usage))
+    assert result.totals.cost_usd == pytest.approx(step.cost_usd)
+    assert result.budgets.cost_used_usd == pytest.approx(step.cost_usd)
+    assert result.budgets.tokens_used == step.usage.total
+    assert result.budgets.steps_used == 0  # only a step that succeeds counts
+
+
+def test_a_cut_off_answer_and_its_repair_are_both_billed() -> None:
+    sim, result = run_with(["claude-sonnet-4-5=truncated"])
+    step = result.steps[0]
+    assert step.status == "succeeded" and step.attempts == 2
+    first, repair = sim.calls
+    assert step.usage.output_tokens > first.max_tokens  # the cut-off answer was all billed
+    spec = load_registry().get("claude-sonnet-4-5")
+    assert result.totals.cost_usd == pytest.approx(call_cost(spec, step.usage))
+    assert repair.prompt.startswith(first.prompt) and "cut off" in repair.prompt
+
+
+def test_a_billed_failure_before_a_fallback_stays_in_the_steps_cost() -> None:
+    _, plain = run_with(["claude-sonnet-4-5=529x3"])
+    _, billed = run_with(["claude-sonnet-4-5=truncated", "claude-sonnet-4-5=529x3"])
+    a, b = plain.steps[0], billed.steps[0]
+    assert a.status == b.status == "succeeded"
+    assert a.model == b.model != "claude-sonnet-4-5" and b.fallback_from == "claude-sonnet-4-5"
+    cut = Usage(
+        input_tokens=b.usage.input_tokens - a.usage.input_tokens,
+        output_tokens=b.usage.output_tokens - a.usage.output_tokens,
+    )
+    assert cut.input_tokens > 0 and cut.output_tokens > 0
+    sonnet = load_registry().get("claude-sonnet-4-5")
+    assert b.cost_usd == pytest.approx(a.cost_usd + call_cost(sonnet, cut))
+    assert billed.totals.cost_usd == pytest.approx(b.cost_usd)
+    assert billed.budgets.cost_used_usd == pytest.approx(b.cost_usd)
 
 
 def test_the_deadline_cancels_running_calls() -> None:

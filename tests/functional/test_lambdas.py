@@ -3,13 +3,14 @@ folder: the scheduler's atomic wave reservations, wave sizing, error names for t
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from polyroute.budget import BudgetState
+from polyroute.cost import call_cost
 from polyroute.engine import EngineConfig
 from polyroute.errors import OverloadedError
 from polyroute.providers.simulated import FailurePlan, SimulatedProvider
@@ -18,25 +19,40 @@ from polyroute.routing import load_policy
 from polyroute.schema import StepResult, Task, Usage
 from polyroute.sfn_local import _Context, load_handlers, runtime_module
 from polyroute.spill import DirStore, Spiller
+from polyroute.taskfile import load_task
 from polyroute.workflow import MAX_WAVE_STEPS, Workflow
+
+from ..conftest import EXAMPLES
 
 pytest.importorskip("aws_lambda_powertools")
 
 
 @pytest.fixture
-def handlers(tmp_path: Path) -> Iterator[Any]:
+def make_handlers(tmp_path: Path) -> Iterator[Callable[[list[str]], Any]]:
+    """Handlers over a workflow whose simulated provider fails as ``failures`` say."""
     found = load_handlers()
-    sim = SimulatedProvider(time_scale=0.0, failures=FailurePlan.parse(["claude-haiku-4-5=529x1"]))
-    cfg = EngineConfig(registry=load_registry(), policy=load_policy(), provider_for=lambda _s: sim)
-    wf = Workflow(cfg, Spiller(DirStore(tmp_path), 32 * 1024))
-    runtime_module().use_workflow(wf)
 
-    def call(name: str, event: dict[str, Any]) -> Any:
-        return found[name](event, _Context(name))
+    def make(failures: list[str]) -> Any:
+        sim = SimulatedProvider(time_scale=0.0, failures=FailurePlan.parse(failures))
+        cfg = EngineConfig(
+            registry=load_registry(), policy=load_policy(), provider_for=lambda _s: sim
+        )
+        wf = Workflow(cfg, Spiller(DirStore(tmp_path), 32 * 1024))
+        runtime_module().use_workflow(wf)
 
-    call.workflow = wf  # type: ignore[attr-defined]
-    yield call
+        def call(name: str, event: dict[str, Any]) -> Any:
+            return found[name](event, _Context(name))
+
+        call.workflow = wf  # type: ignore[attr-defined]
+        return call
+
+    yield make
     runtime_module().use_workflow(None)
+
+
+@pytest.fixture
+def handlers(make_handlers: Callable[[list[str]], Any]) -> Any:
+    return make_handlers(["claude-haiku-4-5=529x1"])
 
 
 def fan_out(n: int, max_cost: float | None = None) -> dict[str, Any]:
@@ -94,7 +110,9 @@ def test_the_executor_raises_provider_errors_by_their_own_name(handlers: Any) ->
     if routed["call"]["model"] == "claude-haiku-4-5":
         with pytest.raises(OverloadedError):
             handlers("model_executor", {**packed, "retryCount": 0})
-    outcome = handlers("model_executor", {**packed, "retryCount": 1})
+    answer = handlers("model_executor", {**packed, "retryCount": 1})
+    assert answer["next"] == "done"
+    outcome = answer["outcome"]
     assert outcome["status"] == "succeeded"
     assert outcome["result"]["attempts"] == 2
     assert outcome["completed"]["agentId"] == "s0"
@@ -154,3 +172,50 @@ def test_step_metrics_report_tokens_and_cost_by_model() -> None:
         assert runtime.metrics.dimension_set["model"] == "claude-haiku-4-5"
     finally:
         runtime.metrics.clear_metrics()
+
+
+def test_a_billed_answer_before_a_fallback_is_charged_once(
+    make_handlers: Callable[[list[str]], Any],
+) -> None:
+    """The cut-off answer was billed, then its repair hit a 529: the executor takes the
+    Catch's path itself, so the billing travels with the next model's call, the budget is
+    charged it when the step is requeued, and the step's result carries both calls."""
+    handlers = make_handlers(["claude-haiku-4-5=truncated", "claude-haiku-4-5=529"])
+    task = load_task(EXAMPLES / "code_review.json").to_wire()
+    started = handlers("classifier", {"task": task, "taskId": "cr"})
+    wave = handlers("scheduler", handlers("planner", started))
+    routed = handlers("router", {"item": wave["ready"][0], "state": wave["state"]})
+    assert routed["call"]["model"] == "claude-haiku-4-5"
+    answer = handlers("model_executor", {**handlers("compressor", routed), "retryCount": 0})
+    # The next model's worst case is more than was reserved: requeued for the next wave.
+    outcome = answer["outcome"]
+    assert (answer["next"], outcome["status"]) == ("done", "fallback")
+    call = outcome["call"]
+    assert call["model"] != "claude-haiku-4-5" and call["fallbackFrom"] == "claude-haiku-4-5"
+    billed = Usage.model_validate(call["billed"])
+    billed_cost = call_cost(load_registry().get("claude-haiku-4-5"), billed)
+    assert billed.output_tokens > 0
+    assert call["billedCostUsd"] == outcome["costExactUsd"] == pytest.approx(billed_cost)
+
+    wave = handlers("scheduler", {"state": wave["state"], "wave": [outcome]})
+    budget = handlers.workflow.load_state(wave["state"]).budget
+    assert budget.cost_used_usd == pytest.approx(billed_cost)
+    assert budget.tokens_used == billed.total
+    item = next(i for i in wave["ready"] if i["stepId"] == routed["item"]["stepId"])
+    assert item["call"]["billed"] == call["billed"]
+
+    routed = handlers("router", {"item": item, "state": wave["state"]})
+    answer = handlers("model_executor", {**handlers("compressor", routed), "retryCount": 0})
+    outcome = answer["outcome"]
+    assert outcome["status"] == "succeeded"
+    usage = Usage.model_validate(outcome["result"]["usage"])
+    assert usage.output_tokens > billed.output_tokens
+    assert outcome["costExactUsd"] > billed_cost
+    others = [o for o in wave["ready"] if o["stepId"] != item["stepId"]]
+    after = handlers("scheduler", {"state": wave["state"], "wave": [outcome]})
+    budget = handlers.workflow.load_state(after["state"]).budget
+    # Charged once: the billed answer at the requeue, the rest now.
+    assert budget.cost_used_usd == pytest.approx(outcome["costExactUsd"])
+    assert budget.tokens_used == usage.total
+    assert budget.steps_used == 1
+    assert len(budget.reservations) == len(others) + len(after["ready"])
