@@ -53,6 +53,12 @@ def apply(stack: PolyrouteStack) -> None:
                 ],
             ),
             NagPackSuppression(
+                id="AwsSolutions-DDB3",
+                reason="The breaker table holds circuit state that expires within minutes "
+                "(failure counts by TTL, open circuits after their cool-down): there is "
+                "nothing a point-in-time restore could usefully bring back.",
+            ),
+            NagPackSuppression(
                 id="AwsSolutions-SMG4",
                 reason="The secrets hold third-party model API keys (Anthropic, OpenAI) that "
                 "only the provider's console can issue; rotation is the operator's, by "

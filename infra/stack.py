@@ -8,6 +8,7 @@ from typing import Any
 
 from aws_cdk import ArnFormat, Duration, RemovalPolicy, Stack
 from aws_cdk import aws_apigateway as apigw
+from aws_cdk import aws_dynamodb as dynamodb
 from aws_cdk import aws_events as events
 from aws_cdk import aws_events_targets as targets
 from aws_cdk import aws_iam as iam
@@ -21,6 +22,7 @@ from constructs import Construct
 from infra import nag_suppressions
 from infra.asl import ASL_DIR, batch_definition, definition_text
 from infra.bundling import CORE_EXTRAS, RUNTIME, lambda_code
+from polyroute.circuit import PARTITION_KEY, SORT_KEY, TTL_ATTRIBUTE
 from polyroute.schema import Task
 
 # Role -> (handler module, memory MB, timeout s). The names match the ASL's placeholders:
@@ -40,6 +42,10 @@ DEFINITION_SUBSTITUTIONS = (
     "BucketName",
 )
 MODEL_PROVIDERS = ("anthropic", "openai")
+# Roles that read the shared circuit breaker (routing around open models), and the one that
+# also records failures and successes.
+BREAKER_READERS = ("Scheduler", "Router")
+BREAKER_WRITERS = ("ModelExecutor",)
 SYNC_TIMEOUT_S = 25
 
 
@@ -129,6 +135,20 @@ class PolyrouteStack(Stack):
             for provider in MODEL_PROVIDERS
         }
 
+        # The circuit breaker's state, shared by every container (polyroute.circuit).
+        self.breaker_table = dynamodb.Table(
+            self,
+            "BreakerTable",
+            partition_key=dynamodb.Attribute(
+                name=PARTITION_KEY, type=dynamodb.AttributeType.STRING
+            ),
+            sort_key=dynamodb.Attribute(name=SORT_KEY, type=dynamodb.AttributeType.STRING),
+            billing_mode=dynamodb.BillingMode.PAY_PER_REQUEST,
+            encryption=dynamodb.TableEncryption.AWS_MANAGED,
+            time_to_live_attribute=TTL_ATTRIBUTE,
+            removal_policy=RemovalPolicy.DESTROY,
+        )
+
         # --- the functions ----------------------------------------------------------------
         # Functions that call models get the SDKs; the others a much smaller asset.
         code = lambda_code(bundle)
@@ -147,7 +167,14 @@ class PolyrouteStack(Stack):
         self.functions: dict[str, lambda_.Function] = {}
         for role, (module, memory, timeout) in ROLES.items():
             role_code = code if role in model_roles else core_code
-            fn = self._function(role, f"{module}.handler", role_code, env, memory, timeout)
+            role_env = dict(env)
+            if role in BREAKER_READERS + BREAKER_WRITERS:
+                role_env["POLYROUTE_BREAKER_TABLE"] = self.breaker_table.table_name
+            fn = self._function(role, f"{module}.handler", role_code, role_env, memory, timeout)
+            if role in BREAKER_WRITERS:
+                self.breaker_table.grant_read_write_data(fn)
+            elif role in BREAKER_READERS:
+                self.breaker_table.grant_read_data(fn)
             self.bucket.grant_read_write(fn)
             if role in ("Classifier", "Planner", "ModelExecutor", "Router"):
                 for secret in self.secrets.values():

@@ -18,7 +18,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from polyroute.budget import Budget, Reservation
-from polyroute.circuit import CircuitBreaker
+from polyroute.circuit import Breaker
 from polyroute.classify import ClassifyInput, LocalClassifier, ModelClassifier
 from polyroute.compress import (
     CompressedInput,
@@ -91,7 +91,7 @@ class EngineConfig:
     today: date | None = None
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
     on_step: Callable[[StepResult], None] | None = None
-    breaker: CircuitBreaker | None = None
+    breaker: Breaker | None = None
 
 
 @dataclass

@@ -130,6 +130,11 @@ class OverloadedError(ProviderError):
     retryable = True
 
 
+class CircuitOpenError(OverloadedError):
+    """The model's circuit is open: it is routed around without a call. Not retried on the
+    same model (the state machine's ``Retry`` does not name it); the step falls back."""
+
+
 class ProviderServerError(ProviderError):
     """HTTP 500, 502, 503, or a connection reset."""
 

@@ -17,11 +17,11 @@ import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 
-from polyroute.circuit import CircuitBreaker
+from polyroute.circuit import Breaker
 from polyroute.errors import (
+    CircuitOpenError,
     DeadlineExceededError,
     OutputTruncatedError,
-    OverloadedError,
     ProviderError,
     RateLimitedError,
 )
@@ -73,7 +73,7 @@ async def call_with_retries(
     time_left_s: Callable[[], float | None],
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     *,
-    breaker: CircuitBreaker | None = None,
+    breaker: Breaker | None = None,
     repair: bool = True,
 ) -> CallResult:
     """Call ``provider``; retry retryable errors; raise the non-retryable ones at once; then
@@ -129,11 +129,11 @@ async def _call_retrying(
     rng: random.Random,
     time_left_s: Callable[[], float | None],
     sleep: Callable[[float], Awaitable[None]],
-    breaker: CircuitBreaker | None,
+    breaker: Breaker | None,
 ) -> CallResult:
     model = req.model.id
     if breaker is not None and breaker.is_open(model):
-        raise RetriesExhaustedError(OverloadedError(f"{model}: {breaker.reason()}"), 0)
+        raise RetriesExhaustedError(CircuitOpenError(f"{model}: {breaker.reason()}"), 0)
     attempt = 0
     while True:
         attempt += 1

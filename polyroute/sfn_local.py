@@ -24,12 +24,14 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 from urllib.parse import unquote
 
 from polyroute import errors
+from polyroute.circuit import CircuitBreaker, SharedCircuitBreaker, create_breaker_table
 from polyroute.engine import EngineConfig
 from polyroute.errors import ConfigError, PolyrouteError
 from polyroute.schema import RunResult, Task
@@ -39,6 +41,7 @@ from polyroute.workflow import ResultStore, Workflow
 REGION = "us-east-1"
 ACCOUNT = "123456789012"
 BUCKET = "polyroute-local"
+BREAKER_TABLE = "polyroute-local-breaker"
 ROOT = Path(__file__).resolve().parents[1]
 ORCHESTRATOR_ASL = ROOT / "statemachines" / "orchestrator.asl.json"
 LAMBDAS_DIR = ROOT / "lambdas"
@@ -215,7 +218,7 @@ class LocalStepFunctions:
                 self.sfn = boto3.client("stepfunctions", region_name=REGION)
                 self.s3.create_bucket(Bucket=BUCKET)
                 self.workflow = Workflow(
-                    self.cfg,
+                    self._shared_breaker(boto3.client("dynamodb", region_name=REGION)),
                     Spiller(S3Store(BUCKET, client=self.s3), self.threshold),
                     concurrency=self.cfg.concurrency,
                     results=ResultStore(BUCKET, self.s3),
@@ -234,6 +237,18 @@ class LocalStepFunctions:
         for key, old in saved.items():
             if old is not None:
                 os.environ[key] = old
+
+    def _shared_breaker(self, dynamodb: Any) -> EngineConfig:
+        """The configuration with its in-process breaker swapped for the deployed kind, a
+        ``SharedCircuitBreaker`` over a table in moto, with the same settings."""
+        local = self.cfg.breaker
+        if not isinstance(local, CircuitBreaker):
+            return self.cfg
+        create_breaker_table(dynamodb, BREAKER_TABLE)
+        shared = SharedCircuitBreaker(
+            BREAKER_TABLE, local.threshold, local.window_s, local.cooldown_s, client=dynamodb
+        )
+        return replace(self.cfg, breaker=shared)
 
     def create(self, definition: str, name: str, kind: str = "EXPRESS") -> str:
         """Create a state machine; return its ARN."""

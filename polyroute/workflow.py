@@ -57,6 +57,8 @@ from polyroute.engine import (
 )
 from polyroute.errors import (
     RETRYABLE_ERRORS,
+    CircuitOpenError,
+    ConfigError,
     DeadlineExceededError,
     LimitError,
     PolyrouteError,
@@ -96,6 +98,8 @@ MAX_WAVE_STEPS = 200
 # ``Retry.MaxAttempts`` (2) plus the first call. A static test checks the ASL agrees.
 EXECUTE_ATTEMPTS = 3
 RETRYABLE_NAMES = frozenset(cls.__name__ for cls in RETRYABLE_ERRORS)
+FALLBACK_NAMES = RETRYABLE_NAMES | {CircuitOpenError.__name__}
+"""Errors after which a step falls back to its next model (a circuit open: without a call)."""
 _LIMIT_NAMES = {"BudgetExceededError": "budget", "DeadlineExceededError": "deadline"}
 
 Phase = Literal["waiting", "running", "done"]
@@ -344,6 +348,9 @@ class Workflow:
 
         wave: list[tuple[str, CallPlan]] = []
         single = len(state.plan.steps) == 1
+        # Read once a wave: the models every container's failures have opened circuits on.
+        breaker = self.cfg.breaker
+        open_models = breaker.open_models() if breaker is not None and ready else frozenset()
         for sid in ready:
             if len(wave) >= MAX_WAVE_STEPS:
                 break
@@ -358,7 +365,7 @@ class Workflow:
                     self._finish(state, sid, "failed", str(exc), now)
                     continue
             else:
-                admitted = self._admit(state, task, budget, sid, single, now)
+                admitted = self._admit(state, task, budget, sid, single, now, open_models)
                 if admitted is None:
                     continue
                 call, holds[sid] = admitted
@@ -396,6 +403,7 @@ class Workflow:
         sid: str,
         single: bool,
         now: datetime,
+        open_models: frozenset[str] = frozenset(),
     ) -> tuple[CallPlan, Reservation] | None:
         """Route a ready step and reserve its worst case (the local engine's order and
         checks); None if it cannot start. Every reservation of a wave is taken here, in
@@ -419,7 +427,18 @@ class Workflow:
                 self._engine.local_classifier,
                 frozenset(task.context),
             )
-            decision = route_step(self._engine.engine_route, step, inp, budget, now, self._today())
+            breaker = self.cfg.breaker
+            # A pinned step reaches its call even with an open circuit (it then fails over).
+            decision = route_step(
+                self._engine.engine_route,
+                step,
+                inp,
+                budget,
+                now,
+                self._today(),
+                unavailable=open_models if step.model is None else frozenset(),
+                unavailable_reason=breaker.reason() if breaker is not None else "",
+            )
             res.model, res.rule, res.reason = decision.model, decision.rule, decision.reason
             res.candidates = decision.candidates
             rec.decision = decision.model_copy(update={"candidates": []})
@@ -602,6 +621,7 @@ class Workflow:
                     random.Random(self.cfg.seed),
                     time_left_s,
                     self.cfg.sleep,
+                    breaker=self.cfg.breaker,
                 )
             )
         except (RetriesExhaustedError, ProviderError) as exc:
@@ -670,7 +690,7 @@ class Workflow:
             # The calls of this invocation (an answer and its repair), after the state
             # machine's retries of it.
             res.attempts += int(event.get("retryCount") or 0) + billed[1].attempts
-        elif reached_model:
+        elif reached_model and name != CircuitOpenError.__name__:
             res.attempts += EXECUTE_ATTEMPTS if name in RETRYABLE_NAMES else 1
         providers = (
             {call.model: self.cfg.provider_for(self.cfg.registry.get(call.model)).name}
@@ -702,7 +722,7 @@ class Workflow:
 
         if name in _LIMIT_NAMES:
             return done("skipped" if res.attempts == 0 else "failed", _LIMIT_NAMES[name])
-        if name not in RETRYABLE_NAMES:
+        if name not in FALLBACK_NAMES:
             return done("failed")
         tried = [*call.tried, call.model]
         nxt = self._next_model(state, item.step_id, tried)
@@ -759,8 +779,10 @@ class Workflow:
             return None
         today = self._today()
         required = frozenset(state.steps[sid].required)
+        breaker = self.cfg.breaker
+        open_models = breaker.open_models() if breaker is not None else frozenset()
         for model_id in [decision.model, *decision.fallbacks]:
-            if model_id in tried:
+            if model_id in tried or model_id in open_models:
                 continue
             if fallback_ok(self.cfg.registry.get(model_id), decision, today, required):
                 return model_id
@@ -951,14 +973,18 @@ def _s3_code(exc: Exception) -> str | None:
 
 
 def workflow_from_env(
-    environ: dict[str, str] | None = None, s3_client: Any = None
+    environ: dict[str, str] | None = None, s3_client: Any = None, dynamodb_client: Any = None
 ) -> tuple[Workflow, ResultStore | None]:
     """The workflow a Lambda container runs, configured by its environment (read once).
 
     ``POLYROUTE_BUCKET`` (spill and results; without it, spills go to
     ``POLYROUTE_SPILL_DIR``), ``POLYROUTE_SPILL_THRESHOLD_BYTES``, ``POLYROUTE_PROVIDER``
     (``auto``: live where keys are present), ``POLYROUTE_CLASSIFIER``,
-    ``POLYROUTE_CONCURRENCY``, ``POLYROUTE_SEED``, ``POLYROUTE_TIME_SCALE``."""
+    ``POLYROUTE_CONCURRENCY``, ``POLYROUTE_SEED``, ``POLYROUTE_TIME_SCALE``, and
+    ``POLYROUTE_BREAKER_TABLE`` (the DynamoDB table of the shared circuit breaker; without it
+    there is none) with ``POLYROUTE_BREAKER`` = ``threshold,window_s,cooldown_s``
+    (default ``5,30,60``)."""
+    from polyroute.circuit import SharedCircuitBreaker
     from polyroute.providers.select import provider_selector
     from polyroute.registry import load_registry
     from polyroute.routing import load_policy
@@ -966,6 +992,12 @@ def workflow_from_env(
 
     env = dict(os.environ if environ is None else environ)
     seed = int(env.get("POLYROUTE_SEED", "0"))
+    breaker = None
+    if env.get("POLYROUTE_BREAKER_TABLE"):
+        threshold, window_s, cooldown_s = _breaker_settings(env.get("POLYROUTE_BREAKER", ""))
+        breaker = SharedCircuitBreaker(
+            env["POLYROUTE_BREAKER_TABLE"], threshold, window_s, cooldown_s, dynamodb_client
+        )
     cfg = EngineConfig(
         registry=load_registry(env.get("POLYROUTE_MODELS") or None),
         policy=load_policy(env.get("POLYROUTE_ROUTING") or None),
@@ -976,6 +1008,7 @@ def workflow_from_env(
         ),
         classifier=env.get("POLYROUTE_CLASSIFIER", "local"),
         seed=seed,
+        breaker=breaker,
     )
     bucket = env.get("POLYROUTE_BUCKET")
     threshold = int(env.get("POLYROUTE_SPILL_THRESHOLD_BYTES") or DEFAULT_THRESHOLD_BYTES)
@@ -993,6 +1026,24 @@ def workflow_from_env(
         results=results,
     )
     return wf, results
+
+
+def _breaker_settings(text: str) -> tuple[int, float, float]:
+    """``threshold,window_s,cooldown_s`` from ``POLYROUTE_BREAKER`` (default ``5,30,60``)."""
+    if not text.strip():
+        return 5, 30.0, 60.0
+    parts = [p.strip() for p in text.split(",")]
+    try:
+        if len(parts) != 3:
+            raise ValueError
+        threshold, window_s, cooldown_s = int(parts[0]), float(parts[1]), float(parts[2])
+    except ValueError:
+        raise ConfigError(
+            f"POLYROUTE_BREAKER={text!r}: expected threshold,window_s,cooldown_s (e.g. 5,30,60)"
+        ) from None
+    if threshold < 1 or window_s <= 0 or cooldown_s <= 0:
+        raise ConfigError(f"POLYROUTE_BREAKER={text!r}: every figure must be positive")
+    return threshold, window_s, cooldown_s
 
 
 __all__ = [

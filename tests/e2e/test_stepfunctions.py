@@ -249,3 +249,39 @@ def test_the_deployed_express_type_executes_and_the_history_is_complete() -> Non
     for state in ("Classify", "Plan", "Schedule", "Route", "Compress", "Execute", "Finalize"):
         assert state in names
     assert json.loads(result.model_dump_json())["status"] == "succeeded"
+
+
+def test_an_open_circuit_is_shared_through_dynamodb_and_routes_later_steps_around() -> None:
+    """The local engine's in-process breaker becomes, on Step Functions, the shared one over
+    a DynamoDB table (moto): failures counted by the executor open the circuit, and the
+    scheduler routes the next wave around the model, saying why."""
+    from polyroute.circuit import CircuitBreaker
+
+    failing = ["claude-opus-4-5", "claude-sonnet-4-5"]
+    cfg = config([f"{m}=529x20" for m in failing])
+    cfg.breaker = CircuitBreaker(threshold=2, window_s=60, cooldown_s=600)
+    task = Task.model_validate(
+        {
+            "description": "x",
+            "plan": {
+                "steps": [
+                    {"id": "first", "description": "implement part one", "type": "implementation"},
+                    {
+                        "id": "second",
+                        "description": "implement part two",
+                        "type": "implementation",
+                        "dependsOn": ["first"],
+                    },
+                ]
+            },
+        }
+    )
+    result = run_on_stepfunctions_local(task, cfg)
+    first, second = result.steps
+    assert first.status == "succeeded" and first.fallback_from in failing
+    assert first.model not in failing
+    assert second.status == "succeeded" and second.model not in failing
+    assert second.fallback_from is None  # routed around up front, not failed over
+    routed_around = [c for c in second.candidates if c.model == first.fallback_from]
+    assert routed_around and "circuit open" in (routed_around[0].why_not or "")
+    assert cfg.breaker.open_models() == frozenset()  # the local breaker was not the one used

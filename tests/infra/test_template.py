@@ -173,3 +173,47 @@ def test_model_api_keys_are_secrets_only_the_model_calling_functions_read(
         "ModelExecutorFunction",
         "RouterFunction",
     }
+
+
+def test_the_shared_breaker_table_is_read_by_routing_and_written_only_by_the_executor(
+    synthesized: Any,
+) -> None:
+    _, _, template = synthesized
+    template.has_resource_properties(
+        "AWS::DynamoDB::Table",
+        {
+            "BillingMode": "PAY_PER_REQUEST",
+            "KeySchema": [
+                {"AttributeName": "pk", "KeyType": "HASH"},
+                {"AttributeName": "sk", "KeyType": "RANGE"},
+            ],
+            "TimeToLiveSpecification": {"AttributeName": "expiresAt", "Enabled": True},
+            "SSESpecification": {"SSEEnabled": True},
+        },
+    )
+    policies = resources(template, "AWS::IAM::Policy")
+
+    def roles_with(action: str) -> set[str]:
+        return {
+            name.split("ServiceRole")[0]
+            for name, p in policies.items()
+            if action in json.dumps(p["Properties"]["PolicyDocument"])
+        }
+
+    assert roles_with("dynamodb:Query") == {
+        "SchedulerFunction",
+        "RouterFunction",
+        "ModelExecutorFunction",
+    }
+    assert roles_with("dynamodb:UpdateItem") == {"ModelExecutorFunction"}
+    functions = resources(template, "AWS::Lambda::Function")
+    with_table = {
+        name
+        for name, f in functions.items()
+        if "POLYROUTE_BREAKER_TABLE" in f["Properties"].get("Environment", {}).get("Variables", {})
+    }
+    assert {name.rstrip("0123456789ABCDEF") for name in with_table} == {
+        "SchedulerFunction",
+        "RouterFunction",
+        "ModelExecutorFunction",
+    }
