@@ -172,7 +172,8 @@ def first_error(exc: ValidationError) -> str:
     """One line naming the field and what is wrong with it."""
     err = exc.errors()[0]
     loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
-    return f"{loc}: {err['msg']}"
+    # A validator's own message is already a sentence: drop pydantic's "Value error, ".
+    return f"{loc}: {err['msg'].removeprefix('Value error, ')}"
 
 
 def parse_registry(data: Any, source: str) -> Registry:

@@ -79,6 +79,17 @@ class Constraints(WireModel):
         default=None, gt=0, description="Relative deadline, from the start of the run."
     )
 
+    @field_validator("deadline")
+    @classmethod
+    def _aware_deadline(cls, value: datetime | None) -> datetime | None:
+        # A deadline without a timezone names no instant: refuse it rather than guess.
+        if value is not None and value.utcoffset() is None:
+            raise ValueError(
+                f"deadline {value.isoformat()} has no timezone: add one, "
+                "e.g. 2030-01-01T09:00:00Z or 2030-01-01T09:00:00+02:00"
+            )
+        return value
+
 
 class Step(WireModel):
     """One step of a plan."""

@@ -98,6 +98,10 @@ def test_budget_stop_exits_3_and_still_prints_the_partial_result(tmp_path: Path)
             "attachments.0.path: no such file nope.png",
         ),
         ('{"description": "x", "constraints": {"maxSteps": 0}}', "constraints.maxSteps"),
+        (
+            '{"description": "x", "constraints": {"deadline": "2030-01-01T09:00:00"}}',
+            "constraints.deadline: deadline 2030-01-01T09:00:00 has no timezone",
+        ),
     ],
 )
 def test_bad_task_files_exit_2_with_one_line(tmp_path: Path, content: str, fragment: str) -> None:

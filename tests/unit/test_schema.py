@@ -67,3 +67,16 @@ def test_step_ids_are_checked() -> None:
         Task.model_validate(
             {"description": "x", "plan": {"steps": [{"id": "has space", "description": "d"}]}}
         )
+
+
+@pytest.mark.parametrize("naive", ["2030-01-01", "2030-01-01T09:00:00"])
+def test_a_deadline_without_a_timezone_is_refused_with_what_to_write(naive: str) -> None:
+    with pytest.raises(ValidationError, match="has no timezone: add one, e.g. 2030-01-01T09"):
+        Task.model_validate({"description": "x", "constraints": {"deadline": naive}})
+
+
+@pytest.mark.parametrize("aware", ["2030-01-01T09:00:00Z", "2030-01-01T09:00:00+02:00"])
+def test_a_deadline_with_a_timezone_is_an_instant(aware: str) -> None:
+    task = Task.model_validate({"description": "x", "constraints": {"deadline": aware}})
+    assert task.constraints.deadline is not None
+    assert task.constraints.deadline.utcoffset() is not None
