@@ -29,6 +29,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
+from polyroute.errors import ConfigError
 from polyroute.routers import calibrate
 
 SCHEMA_VERSION = 1
@@ -365,7 +366,7 @@ class LocalModel:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> LocalModel:
         if data.get("kind") != MODEL_KIND:
-            raise ValueError(f"not a local router model (kind {data.get('kind')!r})")
+            raise ValueError(f"its kind is {data.get('kind')!r}, not {MODEL_KIND!r}")
         if data.get("schemaVersion") != SCHEMA_VERSION:
             raise ValueError(f"unsupported model schemaVersion {data.get('schemaVersion')!r}")
         if data.get("featureVersion") != FEATURE_VERSION:
@@ -395,8 +396,20 @@ class LocalModel:
 
     @classmethod
     def load(cls, path: str | Path) -> LocalModel:
-        """Read a model written by ``save``."""
-        return cls.from_json(json.loads(Path(path).read_text(encoding="utf-8")))
+        """Read a model written by ``save``; a one-line ``ConfigError`` if it is not one."""
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: no such model file") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{path}: cannot read the model file: {exc}") from None
+        try:
+            return cls.from_json(json.loads(text))
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{path}: not JSON ({exc.msg} at line {exc.lineno})") from None
+        except (ValueError, KeyError, TypeError) as exc:
+            reason = f"missing {exc}" if isinstance(exc, KeyError) else str(exc)
+            raise ConfigError(f"{path}: not a local router model ({reason})") from None
 
 
 class LocalRouter:
@@ -444,7 +457,12 @@ def shipped_model() -> LocalModel:
 def default_model() -> LocalModel:
     """The model named by ``$POLYROUTE_LOCAL_ROUTER``, else the shipped one; read once."""
     path = os.environ.get(MODEL_ENV)
-    return LocalModel.load(path) if path else shipped_model()
+    if not path:
+        return shipped_model()
+    try:
+        return LocalModel.load(path)
+    except ConfigError as exc:
+        raise ConfigError(f"{MODEL_ENV}: {exc}") from None
 
 
 def complexity_from_score(score: float, model: LocalModel | None = None) -> Complexity:

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from polyroute.errors import InputError
+from polyroute.errors import ConfigError, InputError
 from polyroute.routers import (
     LengthRouter,
     RandomRouter,
@@ -232,8 +232,34 @@ def test_training_is_reproducible_and_round_trips_through_the_file(tmp_path: Pat
 def test_a_file_of_another_kind_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "m.json"
     path.write_text(json.dumps({"kind": "something"}), encoding="utf-8")
-    with pytest.raises(ValueError, match="not a local router model"):
+    with pytest.raises(ConfigError, match=r"m\.json: not a local router model \(its kind is 'some"):
         LocalModel.load(path)
+
+
+@pytest.mark.parametrize(
+    ("content", "fragment"),
+    [
+        (None, "no such model file"),
+        ("{not json", "not JSON (Expecting property name"),
+        ('{"kind": "polyroute-local-router", "schemaVersion": 1}', "not a local router model"),
+    ],
+)
+def test_a_bad_router_model_from_the_environment_is_one_line_naming_the_variable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, content: str | None, fragment: str
+) -> None:
+    path = tmp_path / "model.json"
+    if content is not None:
+        path.write_text(content, encoding="utf-8")
+    monkeypatch.setenv("POLYROUTE_LOCAL_ROUTER", str(path))
+    default_model.cache_clear()
+    try:
+        with pytest.raises(ConfigError) as info:
+            default_model()
+    finally:
+        default_model.cache_clear()
+    message = str(info.value)
+    assert message.startswith(f"POLYROUTE_LOCAL_ROUTER: {path}: ") and fragment in message
+    assert "\n" not in message
 
 
 def test_out_of_group_scores_never_see_their_own_group() -> None:
