@@ -39,11 +39,14 @@ class RetryPolicy:
     max_attempts: int = 3
     base_delay_s: float = 0.5
     max_delay_s: float = 8.0
+    max_retry_after_s: float = 60.0
+    """A provider's ``retry-after`` is honoured up to this (and never past the deadline);
+    asked to wait longer, the call gives up on the model and the step falls back."""
 
     def delay(self, attempt: int, rng: random.Random, retry_after_s: float | None) -> float:
         """Seconds to wait before attempt ``attempt + 1`` (full jitter, or retry-after)."""
         if retry_after_s is not None:
-            return min(retry_after_s, self.max_delay_s)
+            return retry_after_s
         cap = min(self.max_delay_s, self.base_delay_s * (2 ** (attempt - 1)))
         return rng.uniform(cap / 2, cap)
 
@@ -155,7 +158,7 @@ async def _call_retrying(
             retry_after = exc.retry_after_s if isinstance(exc, RateLimitedError) else None
             wait = policy.delay(attempt, rng, retry_after)
             left = time_left_s()
-            if left is not None and wait >= left:
+            if (left is not None and wait >= left) or wait > policy.max_retry_after_s:
                 raise RetriesExhaustedError(exc, attempt) from exc
             await sleep(wait)
             continue

@@ -187,6 +187,22 @@ def test_retry_after_longer_than_the_time_left_stops_at_once() -> None:
     assert info.value.attempts == 1 and t.sleeps == []
 
 
+def test_retry_after_is_honoured_in_full_beyond_the_backoff_cap() -> None:
+    p = Scripted(RateLimitedError("429", retry_after_s=30.0), "{}")
+    t = FakeTime(None)
+    result = call(p, time=t)
+    assert t.sleeps == [30.0]  # not cut to the 8 s backoff cap
+    assert result.attempts == 2
+
+
+def test_a_retry_after_too_long_to_wait_gives_up_on_the_model_at_once() -> None:
+    p = Scripted(RateLimitedError("429", retry_after_s=3600.0))
+    t = FakeTime(None)
+    with pytest.raises(RetriesExhaustedError) as info:
+        call(p, time=t, policy=RetryPolicy(max_retry_after_s=60.0))
+    assert info.value.attempts == 1 and t.sleeps == []  # the step falls back instead
+
+
 def test_each_attempt_is_bounded_by_the_time_left() -> None:
     p = Scripted("{}")
     call(p, ModelRequest(model=SPEC, prompt="x", timeout_s=60.0), time=FakeTime(2.5))
