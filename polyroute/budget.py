@@ -70,6 +70,16 @@ class Budget:
         self._reserved_cost = 0.0
         self._lock = threading.Lock()
 
+    @property
+    def tokens_reserved(self) -> int:
+        """Tokens held by reservations not yet settled or released."""
+        return self._reserved_tokens
+
+    @property
+    def cost_reserved_usd(self) -> float:
+        """Dollars held by reservations not yet settled or released."""
+        return self._reserved_cost
+
     def tokens_left(self) -> int | None:
         """Tokens neither spent nor reserved (None when unlimited)."""
         if self.max_tokens is None:
