@@ -23,6 +23,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from polyroute.awsclient import LazyClient
+
 logger = logging.getLogger(__name__)
 
 
@@ -40,12 +42,22 @@ class Breaker(Protocol):
     def reason(self) -> str: ...
 
 
-def breaker_reason(threshold: int, window_s: float, cooldown_s: float) -> str:
-    """Why an open model is unavailable, as a routing decision shows it."""
-    return (
-        f"circuit open: {threshold} failures within {window_s:g}s, "
-        f"routed around for {cooldown_s:g}s"
-    )
+class _Settings:
+    """A breaker's limits and the reason its decisions give, checked once for both kinds."""
+
+    def __init__(self, threshold: int, window_s: float, cooldown_s: float) -> None:
+        if threshold < 1:
+            raise ValueError("threshold must be at least 1")
+        self.threshold = threshold
+        self.window_s = window_s
+        self.cooldown_s = cooldown_s
+
+    def reason(self) -> str:
+        """Why an open model is unavailable, as a routing decision shows it."""
+        return (
+            f"circuit open: {self.threshold} failures within {self.window_s:g}s, "
+            f"routed around for {self.cooldown_s:g}s"
+        )
 
 
 @dataclass
@@ -56,7 +68,7 @@ class _ModelState:
     trips: int = 0
 
 
-class CircuitBreaker:
+class CircuitBreaker(_Settings):
     """Failure counts per model, and which models are routed around right now."""
 
     def __init__(
@@ -66,11 +78,7 @@ class CircuitBreaker:
         cooldown_s: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if threshold < 1:
-            raise ValueError("threshold must be at least 1")
-        self.threshold = threshold
-        self.window_s = window_s
-        self.cooldown_s = cooldown_s
+        super().__init__(threshold, window_s, cooldown_s)
         self._clock = clock
         self._lock = threading.Lock()
         self._models: dict[str, _ModelState] = {}
@@ -123,10 +131,6 @@ class CircuitBreaker:
                 self._refresh(state, t)
             return frozenset(m for m, s in self._models.items() if s.opened_at is not None)
 
-    def reason(self) -> str:
-        """Why an open model is unavailable, as a routing decision shows it."""
-        return breaker_reason(self.threshold, self.window_s, self.cooldown_s)
-
 
 STATE_KEY = "breaker"
 """Partition key of the per-model circuit items; failures count under ``failures#<model>``."""
@@ -155,7 +159,7 @@ def create_breaker_table(client: Any, table: str) -> None:
     )
 
 
-class SharedCircuitBreaker:
+class SharedCircuitBreaker(_Settings, LazyClient):
     """The circuit breaker's state in a DynamoDB table (partition key ``pk``, sort key ``sk``,
     TTL attribute ``expiresAt``), shared by every container that uses the table.
 
@@ -171,6 +175,8 @@ class SharedCircuitBreaker:
     model is not called.
     """
 
+    service = "dynamodb"
+
     def __init__(
         self,
         table: str,
@@ -180,22 +186,10 @@ class SharedCircuitBreaker:
         client: Any = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        if threshold < 1:
-            raise ValueError("threshold must be at least 1")
+        _Settings.__init__(self, threshold, window_s, cooldown_s)
+        LazyClient.__init__(self, client)
         self.table = table
-        self.threshold = threshold
-        self.window_s = window_s
-        self.cooldown_s = cooldown_s
-        self._client = client
         self._clock = clock
-
-    @property
-    def client(self) -> Any:
-        if self._client is None:
-            import boto3
-
-            self._client = boto3.client("dynamodb")
-        return self._client
 
     def _guarded(self, what: str, call: Callable[[], Any]) -> Any:
         from botocore.exceptions import BotoCoreError, ClientError
@@ -314,7 +308,3 @@ class SharedCircuitBreaker:
             for item in answer.get("Items", [])
             if "openedAt" in item and now - float(item["openedAt"]["N"]) < self.cooldown_s
         )
-
-    def reason(self) -> str:
-        """Why an open model is unavailable, as a routing decision shows it."""
-        return breaker_reason(self.threshold, self.window_s, self.cooldown_s)

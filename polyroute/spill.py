@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlparse
 
+from polyroute.awsclient import LazyClient
 from polyroute.errors import ConfigError, SpillIntegrityError
 
 DEFAULT_THRESHOLD_BYTES = 32 * 1024
@@ -50,22 +51,15 @@ class Store(Protocol):
         ...
 
 
-class S3Location:
-    """A bucket and a key prefix, with an S3 client made on first use (or injected), so
-    importing a module that stores things costs no boto3 import."""
+class S3Location(LazyClient):
+    """A bucket and a key prefix, with an S3 client made on first use (or injected)."""
+
+    service = "s3"
 
     def __init__(self, bucket: str, prefix: str, client: Any = None) -> None:
+        super().__init__(client)
         self.bucket = bucket
         self.prefix = prefix
-        self._client = client
-
-    @property
-    def client(self) -> Any:
-        if self._client is None:
-            import boto3
-
-            self._client = boto3.client("s3")
-        return self._client
 
 
 class S3Store(S3Location):
