@@ -191,6 +191,26 @@ def _registry_and_policy(args: argparse.Namespace) -> tuple[Any, Any]:
     return load_registry(args.models), load_policy(args.routing)
 
 
+def _closest(name: str, known: Sequence[str]) -> str:
+    """``did you mean 'x'?`` for the nearest known name, else the list of known names."""
+    import difflib
+
+    near = difflib.get_close_matches(name, list(known), n=1, cutoff=0.5)
+    return f"did you mean {near[0]!r}?" if near else f"known: {', '.join(sorted(known))}"
+
+
+def _check_failure_models(specs: Sequence[str], registry: Any) -> None:
+    """Refuse ``--fail MODEL=...`` for a model not in the registry: the simulated provider
+    matches failures by registry id, so an unknown one would never fire."""
+    for spec in specs:
+        model, sep, _ = spec.partition("=")
+        if not sep or not model or model in registry.models:
+            continue  # malformed specs are FailurePlan.parse's to refuse
+        raise InputError(
+            f"--fail {spec!r}: unknown model {model!r} ({_closest(model, registry.models)})"
+        )
+
+
 def _make_engine(args: argparse.Namespace) -> Any:
     from polyroute.circuit import CircuitBreaker
     from polyroute.engine import Engine, EngineConfig
@@ -198,6 +218,7 @@ def _make_engine(args: argparse.Namespace) -> Any:
     from polyroute.providers.select import provider_selector
 
     registry, policy = _registry_and_policy(args)
+    _check_failure_models(args.fail, registry)
     provider_for = provider_selector(
         args.provider, seed=args.seed, time_scale=args.time_scale, failures=args.fail
     )

@@ -1,0 +1,69 @@
+"""CLI mistakes that used to pass silently or end in a traceback: each is one line on stderr
+and exit 2, and nothing is run or written."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from polyroute.cli import main
+from polyroute.errors import EXIT_BAD_INPUT, EXIT_OK
+
+from ..conftest import EXAMPLES
+
+QUESTION = str(EXAMPLES / "question.json")
+
+
+def one_line_error(capsys: pytest.CaptureFixture[str]) -> str:
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert "Traceback" not in err
+    return err.strip()
+
+
+# --- --fail names a model the registry knows --------------------------------------------------
+
+
+def test_fail_for_an_unknown_model_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["run", QUESTION, "--time-scale", "0.001", "--fail", "nomodel=429"])
+    assert code == EXIT_BAD_INPUT
+    err = one_line_error(capsys)
+    assert "--fail 'nomodel=429': unknown model 'nomodel'" in err
+    assert "claude-haiku-4-5" in err, "with no close match, the known ids are listed"
+
+
+def test_fail_for_a_misspelt_model_suggests_the_closest(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    fails = ["--fail", "claude-haiku-4-5=500", "--fail", "claude-haiku-4=429x2"]
+    code = main(["run", QUESTION, "--time-scale", "0.001", *fails])
+    assert code == EXIT_BAD_INPUT
+    err = one_line_error(capsys)
+    assert err.endswith(
+        "--fail 'claude-haiku-4=429x2': unknown model 'claude-haiku-4' "
+        "(did you mean 'claude-haiku-4-5'?)"
+    )
+
+
+def test_fail_for_a_known_model_still_fires(capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(
+        ["run", QUESTION, "--time-scale", "0.001", "--json", "--fail", "claude-haiku-4-5=429"]
+    )
+    out = capsys.readouterr().out
+    assert code == EXIT_OK
+    step = json.loads(out)["steps"][0]
+    assert step["model"] == "claude-haiku-4-5" and step["attempts"] == 2
+
+
+def test_fail_for_an_unknown_model_in_a_batch_writes_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tasks = tmp_path / "t.jsonl"
+    tasks.write_text(json.dumps({"description": "What is 2 + 2?"}) + "\n", encoding="utf-8")
+    out = tmp_path / "r.jsonl"
+    code = main(["batch", str(tasks), "--out", str(out), "--fail", "gpt-5=timeout"])
+    assert code == EXIT_BAD_INPUT
+    assert "unknown model 'gpt-5'" in one_line_error(capsys)
+    assert not out.exists()
