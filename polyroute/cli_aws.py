@@ -4,8 +4,9 @@ Credentials come from botocore's default chain (environment, profile, SSO, insta
 the region from ``--region``, else the API's host name (``….execute-api.REGION.…``), else
 ``AWS_REGION``. Attachments given by path are sent inline, as the API requires. With
 ``--async`` the answer is the task's id; ``--wait`` then polls ``GET /v1/tasks/{id}`` until
-the run ends. Exit codes are ``run``'s: 0 done, 2 a refused request, 3 stopped by a budget or
-the deadline, 1 anything else.
+the run ends. Exit codes are ``run``'s: 0 done, 2 a refused request or a setup problem (no
+URL, no region, no credentials, or botocore missing: it comes with the ``aws`` extra), 3
+stopped by a budget or the deadline, 1 anything else.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ from polyroute.errors import (
 )
 
 API_ENV = "POLYROUTE_API_URL"
+AWS_EXTRA = "aws"
+"""The optional-dependencies extra that brings botocore (through boto3)."""
 _REGION_IN_HOST = re.compile(r"\.execute-api\.([a-z0-9-]+)\.amazonaws\.com")
 
 
@@ -79,12 +82,24 @@ def region_for(url: str, given: str | None) -> str:
     return region
 
 
+def require_botocore() -> None:
+    """Refuse, in one line, to sign without botocore: a core install leaves it out."""
+    try:
+        import botocore.auth  # noqa: F401
+    except ImportError:
+        raise ConfigError(
+            "submit: signing requests needs botocore, which a core install does not include;"
+            f" install it with: pip install 'polyroute[{AWS_EXTRA}]'"
+        ) from None
+
+
 class SignedClient:
     """HTTP calls to the API, each signed with SigV4 for ``execute-api``."""
 
     def __init__(self, base_url: str, region: str, credentials: Any = None) -> None:
         self.base = base_url.rstrip("/")
         self.region = region
+        require_botocore()
         if credentials is None:
             import botocore.session
 

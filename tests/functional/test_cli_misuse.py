@@ -4,14 +4,17 @@ and exit 2, and nothing is run or written."""
 from __future__ import annotations
 
 import json
+import sys
+import tomllib
 from pathlib import Path
 
 import pytest
 
+from polyroute import cli_aws
 from polyroute.cli import main
 from polyroute.errors import EXIT_BAD_INPUT, EXIT_OK
 
-from ..conftest import EXAMPLES
+from ..conftest import EXAMPLES, REPO
 
 QUESTION = str(EXAMPLES / "question.json")
 
@@ -67,3 +70,31 @@ def test_fail_for_an_unknown_model_in_a_batch_writes_nothing(
     assert code == EXIT_BAD_INPUT
     assert "unknown model 'gpt-5'" in one_line_error(capsys)
     assert not out.exists()
+
+
+# --- submit without botocore ------------------------------------------------------------------
+
+
+def test_submit_without_botocore_names_the_extra(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A core install: every botocore module is missing (None in sys.modules makes the import
+    # raise ModuleNotFoundError, as it does when the package is not installed).
+    for name in [m for m in sys.modules if m == "botocore" or m.startswith("botocore.")]:
+        monkeypatch.setitem(sys.modules, name, None)
+    monkeypatch.setitem(sys.modules, "botocore", None)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDTEST")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret")
+    with pytest.raises(ModuleNotFoundError):
+        import botocore.auth  # noqa: F401  # the simulation holds
+    api = "https://abc123.execute-api.eu-west-1.amazonaws.com/v1api"
+    code = main(["submit", QUESTION, "--api", api])
+    assert code == EXIT_BAD_INPUT
+    err = one_line_error(capsys)
+    assert "botocore" in err and f"pip install 'polyroute[{cli_aws.AWS_EXTRA}]'" in err
+
+
+def test_the_extra_named_for_submit_brings_botocore() -> None:
+    meta = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
+    extra = meta["project"]["optional-dependencies"][cli_aws.AWS_EXTRA]
+    assert any(dep.startswith(("boto3", "botocore")) for dep in extra), extra
