@@ -143,7 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--mix",
         default="classification=0.4,implementation=0.5,planning=0.1",
-        help="KEY=share,... where KEY is a task type or a model id",
+        help="KEY=share,... where KEY is a task type or a model id. The shares must add up"
+        " to 1, or to 100 as percentages (planning=10%%,implementation=90%%), give or take"
+        " 1%% for rounding; a mix that adds up to anything else is an error, not rescaled",
     )
     p.add_argument("--input-tokens", type=_positive_int, default=2000)
     p.add_argument("--output-tokens", type=_positive_int, default=500)
@@ -339,8 +341,34 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_cost(args: argparse.Namespace) -> int:
+MIX_TOLERANCE = 0.01
+"""How far ``--mix`` shares may add up from 1 (rounding, as in thirds 0.33+0.33+0.33)."""
+
+
+def _mix(text: str) -> dict[str, float]:
+    """``--mix`` as fractions of 1. The shares must add up to 1, or to 100 as percentages:
+    a mix that adds up to something else is a mistake (a forgotten row), not a ratio."""
     from polyroute.cost import parse_mix
+
+    mix = parse_mix(text)  # refuses a malformed part; its shares come back rescaled to 1
+    given: dict[str, float] = {}
+    percent = False
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        key, _, share = part.partition("=")
+        key = key.strip()
+        if key in given:
+            raise InputError(f"--mix: {key!r} is given twice")
+        percent = percent or share.strip().endswith("%")
+        given[key] = float(share.strip().rstrip("%"))
+    total = sum(given.values())
+    targets = (100.0,) if percent else (1.0, 100.0)
+    if not any(round(abs(total - t) / t, 9) <= MIX_TOLERANCE for t in targets):
+        got, want = (f"{total:g}%", "100%") if percent else (f"{total:g}", "1 (or to 100)")
+        raise InputError(f"--mix: the shares add up to {got}; they must add up to {want}")
+    return mix
+
+
+def cmd_cost(args: argparse.Namespace) -> int:
     from polyroute.projection import apply_prices, project, projection_json
     from polyroute.render import table, usd
     from polyroute.routing import Router
@@ -348,7 +376,7 @@ def cmd_cost(args: argparse.Namespace) -> int:
     registry, policy = _registry_and_policy(args)
     if args.prices:
         registry = apply_prices(registry, args.prices)
-    mix = parse_mix(args.mix)
+    mix = _mix(args.mix)
     proj = project(
         registry,
         Router(registry, policy),

@@ -98,3 +98,42 @@ def test_the_extra_named_for_submit_brings_botocore() -> None:
     meta = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
     extra = meta["project"]["optional-dependencies"][cli_aws.AWS_EXTRA]
     assert any(dep.startswith(("boto3", "botocore")) for dep in extra), extra
+
+
+# --- cost --mix shares add up -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("mix", "message"),
+    [
+        ("classification=0.5", "the shares add up to 0.5; they must add up to 1 (or to 100)"),
+        ("classification=0.3,planning=0.3,implementation=0.3", "add up to 0.9;"),
+        ("classification=40%,planning=50%", "the shares add up to 90%; they must add up to 100%"),
+        ("classification=0.6,planning=0.6", "add up to 1.2;"),
+        ("planning=0.5,planning=0.5", "'planning' is given twice"),
+    ],
+)
+def test_cost_refuses_shares_that_do_not_add_up(
+    mix: str, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["cost", "--mix", mix]) == EXIT_BAD_INPUT
+    err = one_line_error(capsys)
+    assert err.startswith("polyroute: error: --mix: ") and message in err
+    assert capsys.readouterr().out == ""
+
+
+@pytest.mark.parametrize(
+    ("mix", "shares"),
+    [
+        ("classification=0.5,implementation=0.5", [0.5, 0.5]),
+        ("classification=40,implementation=60", [0.4, 0.6]),
+        ("classification=40%,implementation=60%", [0.4, 0.6]),
+        ("classification=0.33,implementation=0.33,planning=0.33", [1 / 3] * 3),
+    ],
+)
+def test_cost_takes_shares_of_1_or_100(
+    mix: str, shares: list[float], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["cost", "--mix", mix, "--json"]) == EXIT_OK
+    rows = json.loads(capsys.readouterr().out)["rows"]
+    assert [r["share"] for r in rows] == pytest.approx(shares)
