@@ -3,8 +3,16 @@
 One task per line (attachment paths relative to the JSONL file; blank lines and lines
 starting with ``#`` are skipped). Each finished task appends one result line to the results
 file and flushes it to disk, so an interrupted batch resumes where it stopped: on start the
-results file is read, the line numbers already there are skipped, and a last line cut off
-mid-write (no newline, or not JSON) is dropped and its task run again.
+results file is read, and a line is skipped when the latest result for its line number was
+written for the same text (each result carries the sha256 of its line's text). A line whose
+text changed since (a bad line fixed, a question edited) runs again; a last result line cut
+off mid-write (no newline, or not JSON) is dropped and its task run again.
+
+When no line of the tasks file matches a result and some of those results are of tasks that
+ran, the results file belongs to another tasks file: the batch refuses to start (InputError)
+rather than mix the two, unless told to ``restart``, which moves the old results aside to
+``RESULTS.jsonl.bak``. Results written before line hashes existed are matched by line number
+only, with a note.
 
 A line that is not a valid task becomes a result with status ``invalid`` and the error; the
 other lines still run. Exit code: 1 if any task failed or was invalid, else 3 if any was
@@ -14,6 +22,8 @@ stopped by a budget or its deadline, else 0.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import io
 import json
 import os
 import shutil
@@ -49,6 +59,8 @@ class BatchRecord(WireModel):
     """One line of the results file: which input line, and how its task ended."""
 
     line: int = Field(ge=1)
+    line_sha256: str | None = None
+    """The sha256 of the input line's text (stripped); None in results written before it."""
     task_id: str | None = None
     status: RecordStatus
     stop_reason: str | None = None
@@ -94,6 +106,14 @@ class TaskLine:
     line: int
     task: Task | None = None
     error: str | None = None
+    sha256: str = ""
+    """The sha256 of the line's text (stripped), which ties a result to this text."""
+
+
+def line_sha256(text: str) -> str:
+    """The hash a result keeps of its input line: the line's text without surrounding
+    whitespace (so CRLF or trailing blanks do not count as a change)."""
+    return hashlib.sha256(text.strip().encode("utf-8")).hexdigest()
 
 
 def read_task_lines(path: Path) -> list[TaskLine]:
@@ -111,18 +131,21 @@ def read_task_lines(path: Path) -> list[TaskLine]:
         stripped = raw.strip()
         if not stripped or stripped.startswith("#"):
             continue
+        digest = line_sha256(stripped)
         try:
             data = json.loads(stripped)
         except json.JSONDecodeError as exc:
-            lines.append(TaskLine(n, error=f"invalid JSON at column {exc.colno}: {exc.msg}"))
+            error = f"invalid JSON at column {exc.colno}: {exc.msg}"
+            lines.append(TaskLine(n, error=error, sha256=digest))
             continue
         except RecursionError:
-            lines.append(TaskLine(n, error="invalid JSON: nested too deeply"))
+            lines.append(TaskLine(n, error="invalid JSON: nested too deeply", sha256=digest))
             continue
         try:
             task = parse_task(data, f"line {n}", base)
         except InputError as exc:
-            lines.append(TaskLine(n, error=str(exc).removeprefix(f"line {n}: ")))
+            error = str(exc).removeprefix(f"line {n}: ")
+            lines.append(TaskLine(n, error=error, sha256=digest))
             continue
         missing = next(
             (
@@ -134,30 +157,51 @@ def read_task_lines(path: Path) -> list[TaskLine]:
         )
         if missing is not None:
             i, p = missing
-            lines.append(TaskLine(n, error=f"attachments.{i}.path: no such file {p}"))
+            error = f"attachments.{i}.path: no such file {p}"
+            lines.append(TaskLine(n, error=error, sha256=digest))
             continue
-        lines.append(TaskLine(n, task=task))
+        lines.append(TaskLine(n, task=task, sha256=digest))
     return lines
 
 
-def read_results(path: Path, warn: IO[str] | None = None) -> list[BatchRecord]:
-    """The records already in the results file. A last line cut off mid-write is removed from
-    the file; other unreadable lines are ignored (their tasks run again)."""
-    if not path.exists():
-        return []
+def _read_bytes(path: Path) -> bytes | None:
     try:
-        data = path.read_bytes()
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None
     except OSError as exc:
         raise InputError(f"{path}: cannot read: {exc}") from None
+
+
+def drop_incomplete_tail(path: Path, warn: IO[str] | None = None) -> None:
+    """Cut a last line left without its newline (a write cut off by a kill) off the file."""
+    data = _read_bytes(path)
+    if data is None:
+        return
+    complete_end = data.rfind(b"\n") + 1
+    if complete_end == len(data):
+        return
+    with path.open("r+b") as fh:
+        fh.truncate(complete_end)
+        fh.flush()
+        os.fsync(fh.fileno())
+    if warn is not None:
+        warn.write(f"batch: {path}: dropped an incomplete last line (its task runs again)\n")
+
+
+def read_results(
+    path: Path, warn: IO[str] | None = None, *, repair: bool = True
+) -> list[BatchRecord]:
+    """The records already in the results file. A last line cut off mid-write is ignored, and
+    with ``repair`` removed from the file; other unreadable lines are ignored (their tasks run
+    again)."""
+    data = _read_bytes(path)
+    if data is None:
+        return []
     records: list[BatchRecord] = []
     complete_end = data.rfind(b"\n") + 1
-    if complete_end < len(data):
-        with path.open("r+b") as fh:
-            fh.truncate(complete_end)
-            fh.flush()
-            os.fsync(fh.fileno())
-        if warn is not None:
-            warn.write(f"batch: {path}: dropped an incomplete last line (its task runs again)\n")
+    if repair and complete_end < len(data):
+        drop_incomplete_tail(path, warn)
     for n, raw in enumerate(data[:complete_end].splitlines(), 1):
         if not raw.strip():
             continue
@@ -311,9 +355,10 @@ class Progress:
 # --- the run ---------------------------------------------------------------------------------
 
 
-def _record_for(line: int, task_id: str, result: RunResult) -> BatchRecord:
+def _record_for(item: TaskLine, task_id: str, result: RunResult) -> BatchRecord:
     return BatchRecord(
-        line=line,
+        line=item.line,
+        line_sha256=item.sha256,
         task_id=task_id,
         status=result.status,
         stop_reason=result.stop_reason,
@@ -326,20 +371,26 @@ def _record_for(line: int, task_id: str, result: RunResult) -> BatchRecord:
 
 async def _run_one(engine: Engine, item: TaskLine, task_id: str) -> BatchRecord:
     assert item.task is not None
+    line, digest = item.line, item.sha256
     try:
         result = await engine.run(item.task, task_id=task_id)
     except InputError as exc:
-        return BatchRecord(line=item.line, task_id=task_id, status="invalid", error=str(exc))
+        return BatchRecord(
+            line=line, line_sha256=digest, task_id=task_id, status="invalid", error=str(exc)
+        )
     except PolyrouteError as exc:
-        return BatchRecord(line=item.line, task_id=task_id, status="failed", error=str(exc))
+        return BatchRecord(
+            line=line, line_sha256=digest, task_id=task_id, status="failed", error=str(exc)
+        )
     except Exception as exc:  # one broken task must not stop the batch
         return BatchRecord(
-            line=item.line,
+            line=line,
+            line_sha256=digest,
             task_id=task_id,
             status="failed",
             error=f"internal error: {type(exc).__name__}: {exc}",
         )
-    return _record_for(item.line, task_id, result)
+    return _record_for(item, task_id, result)
 
 
 def task_id_for(item: TaskLine, stem: str) -> str:
@@ -349,6 +400,50 @@ def task_id_for(item: TaskLine, stem: str) -> str:
     return f"{stem}-{item.line}"
 
 
+@dataclass
+class ResumePlan:
+    """Which lines of the tasks file already have their result, and which run."""
+
+    done: dict[int, BatchRecord]
+    """Line number to its standing result: the latest one, written for the same text."""
+    todo: list[TaskLine]
+    changed: list[int]
+    """Lines that have a result, but for a text that has changed since: they run again."""
+    by_line_only: int
+    """Results without a line hash (an older polyroute wrote them), matched by line number."""
+    foreign: bool
+    """The results are from another tasks file: no line matches any of them, and some
+    of them are of tasks that ran (not only invalid lines, which a user fixes)."""
+
+
+def plan_resume(items: list[TaskLine], previous: list[BatchRecord]) -> ResumePlan:
+    """Match the tasks file against the results already written."""
+    latest = {r.line: r for r in previous}  # a line run again appends a newer result
+    hashed = [r for r in previous if r.line_sha256 is not None]
+    current = {it.sha256 for it in items}
+    ran = any(r.status != "invalid" for r in hashed)
+    matched = bool(current & {r.line_sha256 for r in hashed})
+    plan = ResumePlan(done={}, todo=[], changed=[], by_line_only=0, foreign=ran and not matched)
+    for it in items:
+        rec = latest.get(it.line)
+        if rec is None:
+            plan.todo.append(it)
+        elif rec.line_sha256 is None:
+            plan.done[it.line] = rec
+            plan.by_line_only += 1
+        elif rec.line_sha256 == it.sha256:
+            plan.done[it.line] = rec
+        else:
+            plan.changed.append(it.line)
+            plan.todo.append(it)
+    return plan
+
+
+def backup_path(out_path: Path) -> Path:
+    """Where ``restart`` moves the earlier results: ``RESULTS.jsonl.bak``."""
+    return out_path.with_name(out_path.name + ".bak")
+
+
 async def run_batch(
     engine: Engine,
     tasks_path: Path,
@@ -356,20 +451,56 @@ async def run_batch(
     *,
     concurrency: int = 4,
     progress: Progress | None = None,
+    restart: bool = False,
 ) -> BatchSummary:
-    """Run every line not yet in ``out_path``; the summary covers the whole results file."""
+    """Run every line that has no result in ``out_path`` for its current text; the summary
+    covers every line of the tasks file.
+
+    Results of another tasks file are refused (InputError) before anything is written;
+    ``restart`` moves an existing results file aside to :func:`backup_path` and runs every
+    line."""
     items = read_task_lines(tasks_path)
-    warn = progress.stream if progress is not None and progress.enabled else None
-    previous = read_results(out_path, warn)
-    done_lines = {r.line for r in previous}
-    todo = [it for it in items if it.line not in done_lines]
     prog = progress or Progress(total=len(items), enabled=False)
     prog.total = len(items)
-    wanted = {it.line for it in items}
-    prog.seed([r for r in previous if r.line in wanted])
-    skipped = len(items) - len(todo)
+    warn = progress.stream if progress is not None and progress.enabled else None
+    if restart and out_path.exists():
+        backup = backup_path(out_path)
+        if backup.resolve() == tasks_path.resolve():
+            raise InputError(f"batch: --restart would move {out_path} onto the tasks file")
+        try:
+            out_path.replace(backup)
+        except OSError as exc:
+            raise InputError(f"{out_path}: cannot move it aside to {backup}: {exc}") from None
+        prog.note(f"batch: restarting: the earlier results in {out_path} are now in {backup}")
+    # Warnings about the results file wait until it is known to be ours: a refusal is one line.
+    held = io.StringIO()
+    previous = read_results(out_path, held, repair=False)
+    plan = plan_resume(items, previous)
+    if plan.foreign:
+        raise InputError(
+            f"batch: {out_path} holds the results of another tasks file (none of them matches"
+            f" a line of {tasks_path.name}); give a new --out, or --restart to start over"
+            f" (the old results are moved to {backup_path(out_path).name})"
+        )
+    for message in held.getvalue().splitlines():
+        prog.note(message)
+    drop_incomplete_tail(out_path, warn)
+    todo = plan.todo
+    prog.seed(list(plan.done.values()))
+    skipped = len(plan.done)
     if skipped:
         prog.note(f"batch: resuming: {skipped} of {len(items)} tasks already in {out_path}")
+    if plan.changed:
+        prog.note(
+            f"batch: {len(plan.changed)} of {len(items)} lines changed since their results in"
+            f" {out_path} were written; running them again (lines {_line_list(plan.changed)})"
+        )
+    if plan.by_line_only:
+        prog.note(
+            f"batch: {plan.by_line_only} result(s) in {out_path} were written without a line"
+            " hash (an older polyroute) and are matched by line number only; use --restart if"
+            " those lines changed"
+        )
     writer = ResultWriter(out_path)
     runnable_left = sum(1 for it in todo if it.task is not None)
     stem = tasks_path.stem
@@ -383,7 +514,9 @@ async def run_batch(
     try:
         for it in todo:
             if it.task is None:
-                rec = BatchRecord(line=it.line, status="invalid", error=it.error)
+                rec = BatchRecord(
+                    line=it.line, line_sha256=it.sha256, status="invalid", error=it.error
+                )
                 record(rec)
                 prog.note(f"batch: {tasks_path.name}:{it.line}: invalid: {it.error}")
                 prog.finished(rec, runnable_left)
@@ -409,9 +542,14 @@ async def run_batch(
     finally:
         writer.close()
         prog.close()
-    final = {r.line: r for r in previous if r.line in wanted}
+    final = dict(plan.done)
     final.update({r.line: r for r in records})
     return summarize(list(final.values()), skipped_already_done=skipped)
+
+
+def _line_list(lines: list[int], limit: int = 10) -> str:
+    shown = ", ".join(map(str, lines[:limit]))
+    return shown + (f" and {len(lines) - limit} more" if len(lines) > limit else "")
 
 
 def summarize(records: list[BatchRecord], skipped_already_done: int = 0) -> BatchSummary:

@@ -55,12 +55,20 @@ def register(subparsers: Any) -> None:
         "batch",
         help="run a JSONL file of tasks, resumable, with progress and a summary",
         description="One task per line (paths relative to the file). Results are appended "
-        "to --out as each task finishes; run the same command again to resume.",
+        "to --out as each task finishes; run the same command again to resume: lines whose "
+        "result is there for the same text are skipped, lines whose text changed run again. "
+        "An --out holding another tasks file's results is refused (exit 2) unless --restart.",
     )
     p.add_argument("tasks", metavar="TASKS.jsonl")
     p.add_argument("--out", required=True, metavar="RESULTS.jsonl", help="results file")
     p.add_argument("--summary", metavar="FILE.json", help="also write the summary as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    p.add_argument(
+        "--restart",
+        action="store_true",
+        help="start over: move an existing --out aside to RESULTS.jsonl.bak (replacing an "
+        "earlier one) and run every line",
+    )
     _engine_options(p)
     for action in p._actions:
         if "--concurrency" in action.option_strings:
@@ -112,7 +120,14 @@ def cmd_batch(args: argparse.Namespace) -> int:
     engine = _make_engine(args)
     progress = Progress(total=0, stream=sys.stderr, enabled=not args.quiet)
     summary = asyncio.run(
-        run_batch(engine, tasks, out, concurrency=args.concurrency, progress=progress)
+        run_batch(
+            engine,
+            tasks,
+            out,
+            concurrency=args.concurrency,
+            progress=progress,
+            restart=args.restart,
+        )
     )
     print(render_summary(summary, str(tasks), str(out)))
     if args.summary:

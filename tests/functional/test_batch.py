@@ -4,6 +4,7 @@ summary and exit codes."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import io
 import json
 from pathlib import Path
@@ -15,6 +16,8 @@ from polyroute.batch import (
     BatchRecord,
     Progress,
     ResultWriter,
+    backup_path,
+    line_sha256,
     read_results,
     read_task_lines,
     render_summary,
@@ -235,3 +238,161 @@ def test_cli_batch_bad_input_is_exit_2_with_one_line(
     assert err.count("\n") == 1 and "no such tasks file" in err
     tasks = write_jsonl(tmp_path / "t.jsonl", [QUESTION])
     assert main(["batch", str(tasks), "--out", str(tasks)]) == EXIT_BAD_INPUT
+
+
+# --- resume matches each line's text, not only its number ----------------------------------------
+
+
+def records_by_line(out: Path) -> dict[int, dict[str, Any]]:
+    """The latest record of each line, as written."""
+    return {r["line"]: r for r in map(json.loads, out.read_text().splitlines())}
+
+
+def test_each_line_and_its_result_carry_the_sha256_of_its_text(tmp_path: Path) -> None:
+    text = json.dumps(QUESTION)
+    tasks = tmp_path / "t.jsonl"
+    tasks.write_text(f"{text}\r\n  {text}  \n", encoding="utf-8")
+    items = read_task_lines(tasks)
+    digest = hashlib.sha256(text.encode()).hexdigest()
+    assert [i.sha256 for i in items] == [digest, digest], "surrounding blanks do not count"
+    assert line_sha256(text + " ") == digest != line_sha256(text.replace("Australia", "Peru"))
+    out = tmp_path / "r.jsonl"
+    asyncio.run(run_batch(engine(), tasks, out))
+    assert {r["lineSha256"] for r in records_by_line(out).values()} == {digest}
+
+
+def test_fixed_bad_lines_run_again_on_resume(tmp_path: Path) -> None:
+    tasks = write_jsonl(tmp_path / "t.jsonl", ["not json", {"description": ""}, QUESTION])
+    out = tmp_path / "r.jsonl"
+    first = asyncio.run(run_batch(CountingEngine(), tasks, out))
+    assert first.invalid_lines == [1, 2]
+    write_jsonl(
+        tasks, [{"description": "What is 2 + 2?"}, {"description": "Name a colour"}, QUESTION]
+    )
+    stream = io.StringIO()
+    again = CountingEngine()
+    summary = asyncio.run(
+        run_batch(again, tasks, out, progress=Progress(total=0, stream=stream, tty=False))
+    )
+    assert sorted(again.runs) == ["t-1", "t-2"], "the fixed lines run, the unchanged one not"
+    assert summary.by_status == {"succeeded": 3} and summary.exit_code == EXIT_OK
+    assert summary.skipped_already_done == 1 and summary.invalid_lines == []
+    log = stream.getvalue()
+    assert f"resuming: 1 of 3 tasks already in {out}" in log
+    assert f"2 of 3 lines changed since their results in {out} were written" in log
+    assert "(lines 1, 2)" in log
+    assert "1/3" not in log, "the line already done is counted once, not twice"
+    latest = records_by_line(out)
+    assert [latest[n]["status"] for n in (1, 2, 3)] == ["succeeded"] * 3
+    third = CountingEngine()
+    assert asyncio.run(run_batch(third, tasks, out)).by_status == {"succeeded": 3}
+    assert third.runs == []
+
+
+def test_an_edited_line_runs_again_and_its_new_result_counts(tmp_path: Path) -> None:
+    rows: list[Any] = [{"description": f"Question {n}: what is {n} + {n}?"} for n in range(1, 5)]
+    tasks = write_jsonl(tmp_path / "t.jsonl", rows)
+    out = tmp_path / "r.jsonl"
+    asyncio.run(run_batch(engine(), tasks, out))
+    old_cost = records_by_line(out)[3]["costUsd"]
+    rows[2] = {**rows[2], "constraints": {"maxCostUsd": 0.000001}}
+    write_jsonl(tasks, rows)
+    again = CountingEngine()
+    summary = asyncio.run(run_batch(again, tasks, out))
+    assert again.runs == ["t-3"]
+    assert summary.stopped == 1 and summary.exit_code == EXIT_STOPPED, "the new result counts"
+    assert summary.tasks == 4 and summary.skipped_already_done == 3
+    new = records_by_line(out)[3]
+    assert new["stopReason"] == "budget" and new["costUsd"] != old_cost
+
+
+def test_results_of_another_tasks_file_are_refused_untouched(tmp_path: Path) -> None:
+    old_tasks = write_jsonl(tmp_path / "old.jsonl", [QUESTION, {"description": "Name a colour"}])
+    out = tmp_path / "r.jsonl"
+    asyncio.run(run_batch(engine(), old_tasks, out))
+    with out.open("ab") as fh:
+        fh.write(b'{"line": 9, "sta')  # even a cut-off last line stays as it was
+    before = out.read_bytes()
+    new_tasks = write_jsonl(tmp_path / "new.jsonl", [{"description": "What is 2 + 2?"}])
+    other = CountingEngine()
+    with pytest.raises(InputError) as err:
+        asyncio.run(run_batch(other, new_tasks, out))
+    message = str(err.value)
+    assert "\n" not in message and str(out) in message and "another tasks file" in message
+    assert "new --out" in message and "--restart" in message
+    assert other.runs == [] and out.read_bytes() == before
+    assert not backup_path(out).exists()
+
+    restarted = CountingEngine()
+    summary = asyncio.run(run_batch(restarted, new_tasks, out, restart=True))
+    assert restarted.runs == ["new-1"] and summary.tasks == 1 and summary.exit_code == EXIT_OK
+    assert backup_path(out).read_bytes() == before, "the old results are kept, whole"
+    assert list(records_by_line(out)) == [1]
+
+
+def test_one_shared_line_is_enough_to_resume_not_refuse(tmp_path: Path) -> None:
+    tasks = write_jsonl(tmp_path / "t.jsonl", [QUESTION, {"description": "Name a colour"}])
+    out = tmp_path / "r.jsonl"
+    asyncio.run(run_batch(engine(), tasks, out))
+    write_jsonl(tasks, [{"description": "Name a fruit"}, QUESTION])  # reordered and edited
+    again = CountingEngine()
+    asyncio.run(run_batch(again, tasks, out))
+    assert sorted(again.runs) == ["t-1", "t-2"], "matching is by line number and text"
+
+
+def test_results_without_line_hashes_resume_by_line_number(tmp_path: Path) -> None:
+    tasks = write_jsonl(tmp_path / "t.jsonl", [QUESTION] * 3)
+    out = tmp_path / "r.jsonl"
+    asyncio.run(run_batch(engine(), tasks, out))
+    # As an older polyroute wrote them: no lineSha256, and line 3 not done yet.
+    legacy = []
+    for rec in map(json.loads, out.read_text().splitlines()):
+        del rec["lineSha256"]
+        if rec["line"] != 3:
+            legacy.append(json.dumps(rec))
+    out.write_text("\n".join(legacy) + "\n", encoding="utf-8")
+    write_jsonl(
+        tasks, [{"description": "changed, but there is no hash to tell"}, QUESTION, QUESTION]
+    )
+    stream = io.StringIO()
+    again = CountingEngine()
+    summary = asyncio.run(
+        run_batch(again, tasks, out, progress=Progress(total=0, stream=stream, tty=False))
+    )
+    assert again.runs == ["t-3"] and summary.skipped_already_done == 2
+    assert "2 result(s)" in stream.getvalue() and "line number only" in stream.getvalue()
+
+
+def test_restart_refuses_to_move_the_results_onto_the_tasks_file(tmp_path: Path) -> None:
+    out = tmp_path / "r.jsonl"
+    tasks = write_jsonl(tmp_path / "r.jsonl.bak", [QUESTION])
+    out.write_text("", encoding="utf-8")
+    with pytest.raises(InputError, match="onto the tasks file"):
+        asyncio.run(run_batch(engine(), tasks, out, restart=True))
+    assert json.loads(tasks.read_text()) == QUESTION
+
+
+def test_cli_batch_on_another_files_results_is_exit_2_then_restart(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "r.jsonl"
+    fast = ["--time-scale", "0.001", "--quiet"]
+    a = write_jsonl(tmp_path / "a.jsonl", [QUESTION])
+    b = write_jsonl(tmp_path / "b.jsonl", [{"description": "Name a colour"}])
+    assert main(["batch", str(a), "--out", str(out), *fast]) == EXIT_OK
+    capsys.readouterr()
+    assert main(["batch", str(b), "--out", str(out), *fast]) == EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"polyroute: error: batch: {out} holds")
+    assert main(["batch", str(b), "--out", str(out), "--restart", *fast]) == EXIT_OK
+    assert records_by_line(out)[1]["taskId"] == "b-1"
+    assert records_by_line(backup_path(out))[1]["taskId"] == "a-1"
+
+
+def test_read_results_without_repair_leaves_the_file_alone(tmp_path: Path) -> None:
+    out = tmp_path / "r.jsonl"
+    rec = BatchRecord(line=1, line_sha256="ab", status="invalid", error="x").to_wire()
+    out.write_bytes(json.dumps(rec).encode() + b'\n{"line": 2, "st')
+    before = out.read_bytes()
+    assert [r.line_sha256 for r in read_results(out, repair=False)] == ["ab"]
+    assert out.read_bytes() == before

@@ -1,5 +1,6 @@
 """``polyroute batch`` killed with SIGKILL mid-batch, then resumed: every line ends up in
-the results file exactly once, and no task that had finished is run again."""
+the results file exactly once, and no task that had finished is run again. And resumed after
+its lines were fixed: the changed lines run again."""
 
 from __future__ import annotations
 
@@ -11,6 +12,11 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
+
+import pytest
+
+from polyroute.cli import main
+from polyroute.errors import EXIT_FAILURE, EXIT_OK
 
 from ..conftest import REPO
 
@@ -99,10 +105,12 @@ def test_killed_batch_resumes_without_running_a_finished_task_twice(tmp_path: Pa
     assert resumed.returncode == 0, resumed.stderr
     assert f"resuming: {len(done_before)} of {TASKS} tasks" in resumed.stderr
     assert "dropped an incomplete last line" in resumed.stderr
+    assert "changed since" not in resumed.stderr
 
     records = [json.loads(ln) for ln in out.read_text(encoding="utf-8").splitlines()]
     assert sorted(r["line"] for r in records) == list(range(1, TASKS + 1))
     assert all(r["status"] == "succeeded" for r in records)
+    assert all(len(r["lineSha256"]) == 64 for r in records)
 
     events = Counter(tuple(ln.split()) for ln in log.read_text().splitlines())
     for n in range(1, TASKS + 1):
@@ -112,3 +120,27 @@ def test_killed_batch_resumes_without_running_a_finished_task_twice(tmp_path: Pa
             # Recorded before the kill: started once, finished once, never run again.
             assert events[("start", task_id)] == 1, f"{task_id} was run again after resume"
             assert events[("end", task_id)] == 1
+
+
+def test_fixing_every_bad_line_runs_them_all_again(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The audit's case: a batch of three bad lines, all fixed, then the same command again.
+    It used to say 'resuming: 3 of 3 tasks already in r3.jsonl' and keep them invalid."""
+    tasks, out = tmp_path / "t3.jsonl", tmp_path / "r3.jsonl"
+    cmd = ["batch", str(tasks), "--out", str(out), "--time-scale", "0.001"]
+    tasks.write_text('{"description": "q", "colour": 1}\nnot json\n{"description": ""}\n')
+    assert main(cmd) == EXIT_FAILURE
+    capsys.readouterr()
+    tasks.write_text(
+        "".join(json.dumps({"description": f"What is {n} + {n}?"}) + "\n" for n in (1, 2, 3))
+    )
+    assert main(cmd) == EXIT_OK
+    captured = capsys.readouterr()
+    assert "resuming:" not in captured.err
+    assert f"3 of 3 lines changed since their results in {out} were written" in captured.err
+    assert "3 task(s)" in captured.out and "done in an earlier run" not in captured.out
+    latest = {r["line"]: r for r in map(json.loads, out.read_text().splitlines())}
+    assert [latest[n]["status"] for n in (1, 2, 3)] == ["succeeded"] * 3
+    assert main(cmd) == EXIT_OK
+    assert "resuming: 3 of 3 tasks" in capsys.readouterr().err
