@@ -7,7 +7,12 @@ exactly ``polyroute.api``'s contract, as ``polyroute serve`` does locally.
   Gateway stops waiting at 29 s) is answered 202 with its id; it finishes and is recorded.
 - ``POST /v1/tasks?async=true``: started, 202 with ``TaskAccepted`` and a ``Location``. A task
   whose deadline fits Express's 5 minutes runs there; any other runs on the Standard one.
-- ``GET /v1/tasks/{taskId}``: 200 with the recorded ``TaskStatus``, 404 if unknown.
+- Every run on Express gets a deadline ``EXPRESS_LIMIT_S`` after it is accepted (or its own,
+  if earlier), so it ends ``partial`` (stop reason ``deadline``) and is recorded, instead of
+  being stopped by Step Functions at 5 minutes with nothing recorded.
+- ``GET /v1/tasks/{taskId}``: 200 with the recorded ``TaskStatus``, 404 if unknown. A run
+  recorded as running on Express well past Express's limit was stopped by Step Functions: it
+  is answered, and recorded, as failed (``ExecutionTimedOut``).
 - ``Idempotency-Key`` on a POST, as ``polyroute serve`` has it: the same key and body answer
   the first task (202 with its id, or 200 with its recorded status, not a second run); the
   same key with another body is 422. Keys live in the bucket (``idempotency/``), claimed
@@ -37,18 +42,23 @@ from polyroute.api import (
     TaskStatus,
     accept_task,
     check_idempotency_key,
+    fits_express,
+    for_express,
     idempotency_conflict,
     request_fingerprint,
+    timed_out_on_express,
 )
 from polyroute.schema import RunResult, Task
 from polyroute.spill import Spiller
 from polyroute.workflow import IdempotencyRecord, IdempotencyStore, ResultStore
 
-EXPRESS_LIMIT_S = 280  # Express runs at most 5 minutes; leave room to finish and record
 REPLAY_POLL_S = 0.5  # a retried sync request waits for the first run at this interval
 _TRUE = {"true", "1", "yes"}
 _FALSE = {"false", "0", "no", ""}
 _EXECUTION_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,80}$")
+# On a running record (S3 object metadata, as TaskStatus has no place for it): which workflow
+# runs the task, so a GET can tell an Express run Step Functions stopped at 5 minutes.
+WORKFLOW_METADATA = "polyroute-workflow"
 
 
 def respond(status: int, body: Any, headers: dict[str, str] | None = None) -> dict[str, Any]:
@@ -101,14 +111,46 @@ def validate(event: dict[str, Any], models: Any) -> tuple[Task, str]:
     return task, fingerprint
 
 
-def fits_express(task: Task, now: datetime) -> bool:
-    """True when the task's own deadline ends within an Express execution's limit."""
-    limits: list[float] = []
-    if task.constraints.timeout_seconds is not None:
-        limits.append(task.constraints.timeout_seconds)
-    if task.constraints.deadline is not None:
-        limits.append((task.constraints.deadline - now).total_seconds())
-    return bool(limits) and min(limits) <= EXPRESS_LIMIT_S
+def record_running(store: ResultStore, task_id: str, now: datetime, workflow: str) -> None:
+    """Record a task as running on ``workflow`` (``express`` or ``standard``)."""
+    status = TaskStatus(task_id=task_id, status="running", created_at=now, updated_at=now)
+    store.client.put_object(
+        Bucket=store.bucket,
+        Key=store.key(task_id),
+        Body=json.dumps(status.to_wire(), separators=(",", ":")).encode(),
+        ContentType="application/json",
+        Metadata={WORKFLOW_METADATA: workflow},
+    )
+
+
+def recorded_workflow(store: ResultStore, task_id: str) -> str | None:
+    """The workflow a running record says runs its task (None for a record without it)."""
+    try:
+        head = store.client.head_object(Bucket=store.bucket, Key=store.key(task_id))
+    except Exception as exc:
+        code = getattr(exc, "response", {}).get("Error", {}).get("Code")
+        if code in ("NoSuchKey", "404", "NotFound"):
+            return None
+        raise
+    value = (head.get("Metadata") or {}).get(WORKFLOW_METADATA)
+    return str(value) if value is not None else None
+
+
+def current_status(store: ResultStore, task_id: str, now: datetime) -> TaskStatus | None:
+    """The recorded status of a task, or None. A run recorded as running on Express well
+    past Express's limit was stopped by Step Functions (an uncatchable timeout, so
+    RecordFailure never ran): it is answered as failed, and that is recorded."""
+    status = store.get(task_id)
+    if status is None:
+        return None
+    failed = timed_out_on_express(status, now)
+    if failed is None or recorded_workflow(store, task_id) != "express":
+        return status
+    logger.warning(
+        "Express run stopped at its time limit; recording it failed", extra={"id": task_id}
+    )
+    store.put(failed)
+    return failed
 
 
 def _accepted(task_id: str) -> dict[str, Any]:
@@ -124,6 +166,7 @@ def replay(
     *,
     store: ResultStore,
     env: dict[str, str],
+    now: datetime,
     sleep: Callable[[float], None],
 ) -> dict[str, Any]:
     """Answer a retried request with its first task: 202 with the id, or (sync) 200 with
@@ -135,7 +178,7 @@ def replay(
     # As the first request would: wait for the run up to the API's limit, then answer 202.
     polls = int(float(env.get("POLYROUTE_SYNC_TIMEOUT_S", "25")) / REPLAY_POLL_S)
     for attempt in range(polls + 1):
-        status = store.get(first.task_id)
+        status = current_status(store, first.task_id, now)
         if status is None:  # the first request failed before recording its task
             raise Refused(404, f"no task with id {first.task_id!r}", field="taskId")
         if status.status != "running":
@@ -165,7 +208,7 @@ def post_task(
     if key is not None:
         first = keys.get(key)
         if first is not None:
-            return replay(first, key, fingerprint, wait, store=store, env=env, sleep=sleep)
+            return replay(first, key, fingerprint, wait, store=store, env=env, now=now, sleep=sleep)
     task_id = task.task_id or uuid.uuid4().hex[:16]
     if not _EXECUTION_NAME.match(task_id):
         raise Refused(400, "taskId: 1-80 letters, digits, '_', '.' or '-'", field="taskId")
@@ -180,19 +223,21 @@ def post_task(
         record = IdempotencyRecord(request_sha256=fingerprint, task_id=task_id)
         winner = keys.claim(key, record)
         if winner is not None:  # a concurrent retry claimed the key first: it runs the task
-            return replay(winner, key, fingerprint, wait, store=store, env=env, sleep=sleep)
-    store.put(TaskStatus(task_id=task_id, status="running", created_at=now, updated_at=now))
-    payload = json.dumps({"task": spiller.maybe_spill(task.to_wire(), "task"), "taskId": task_id})
+            return replay(
+                winner, key, fingerprint, wait, store=store, env=env, now=now, sleep=sleep
+            )
+    # A sync call always runs on Express (StartSyncExecution); an async one when it fits.
+    express = wait or fits_express(task, now)
+    record_running(store, task_id, now, "express" if express else "standard")
+    sent = for_express(task, now) if express else task
+    payload = json.dumps({"task": spiller.maybe_spill(sent.to_wire(), "task"), "taskId": task_id})
+    machine = env["POLYROUTE_EXPRESS_ARN" if express else "POLYROUTE_STANDARD_ARN"]
     accepted = _accepted(task_id)
     try:
         if not wait:
-            express = fits_express(task, now)
-            machine = env["POLYROUTE_EXPRESS_ARN" if express else "POLYROUTE_STANDARD_ARN"]
             sfn.start_execution(stateMachineArn=machine, name=task_id, input=payload)
             return accepted
-        out = sfn.start_sync_execution(
-            stateMachineArn=env["POLYROUTE_EXPRESS_ARN"], name=task_id, input=payload
-        )
+        out = sfn.start_sync_execution(stateMachineArn=machine, name=task_id, input=payload)
     except Exception as exc:
         if wait and ("timeout" in type(exc).__name__.lower() or "timed out" in str(exc).lower()):
             logger.info("sync run outlasted the API's wait; answering 202", extra={"id": task_id})
@@ -231,10 +276,10 @@ def post_task(
     return respond(200, status)
 
 
-def get_task(event: dict[str, Any], store: ResultStore) -> dict[str, Any]:
+def get_task(event: dict[str, Any], store: ResultStore, now: datetime) -> dict[str, Any]:
     """``GET /v1/tasks/{taskId}``."""
     task_id = (event.get("pathParameters") or {}).get("taskId") or ""
-    status = store.get(task_id) if _EXECUTION_NAME.match(task_id) else None
+    status = current_status(store, task_id, now) if _EXECUTION_NAME.match(task_id) else None
     if status is None:
         raise Refused(404, f"no task with id {task_id!r}", field="taskId")
     return respond(200, status)
@@ -268,7 +313,7 @@ def route(
                 sleep=sleep,
             )
         if resource == "/v1/tasks/{taskId}" and method == "GET":
-            return get_task(event, store)
+            return get_task(event, store, now)
         raise Refused(404, f"no route {method} {event.get('path') or resource}")
     except Refused as exc:
         return respond(exc.status, exc.body)

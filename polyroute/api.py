@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-from datetime import datetime
+from datetime import date, datetime, timedelta
 from typing import Any, Literal
 
 from pydantic import ValidationError
 
-from polyroute.errors import InputError, PolyrouteError, UnknownModelError
+from polyroute.errors import InputError, PolyrouteError
 from polyroute.registry import Registry, first_error
 from polyroute.schema import RunResult, Task, WireModel
 
@@ -28,6 +28,14 @@ MAX_BODY_BYTES = 6 * 1024 * 1024  # Lambda's synchronous payload limit
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 MAX_IDEMPOTENCY_KEY = 255
 TaskState = Literal["running", "succeeded", "partial", "failed"]
+EXPRESS_MAX_S = 300  # Step Functions stops an Express execution at 5 minutes, uncatchably
+EXPRESS_LIMIT_S = 280  # a run on Express ends by then, leaving time to finish and record
+EXPRESS_GRACE_S = 60  # past its limit plus this, nothing can still record an Express run
+EXPRESS_TIMED_OUT_ERROR = (
+    "ExecutionTimedOut: Express workflows stop after 5 minutes, and this run was stopped"
+    " before it could record a result; send it with ?async=true to run it on the Standard"
+    " workflow"
+)
 
 
 class TaskAccepted(WireModel):
@@ -120,10 +128,13 @@ def check_idempotency_key(key: str | None) -> str | None:
     return key
 
 
-def accept_task(body: Any, registry: Registry) -> Task:
+def accept_task(body: Any, registry: Registry, today: date | None = None) -> Task:
     """A request body as a Task, checked before it is accepted: the schema, the plan (ids,
-    dependencies, cycle, maxSteps), pinned models, inline attachments; 400 naming the field."""
+    dependencies, cycle, maxSteps), inline attachments, and pinned models (known, and able
+    to take their step on ``today``, by default the current date: the engines' own check);
+    400 naming the field."""
     from polyroute.graph import validate_plan
+    from polyroute.planner import check_pins
     from polyroute.taskfile import materialize
 
     try:
@@ -133,14 +144,46 @@ def accept_task(body: Any, registry: Registry) -> Task:
                 validate_plan(task.plan, task.constraints.max_steps)
             except PolyrouteError as exc:
                 raise Refused(400, f"plan.steps: {exc}", field="plan.steps") from None
-            for i, step in enumerate(task.plan.steps):
-                if step.model is not None:
-                    try:
-                        registry.get(step.model)
-                    except UnknownModelError as exc:
-                        where = f"plan.steps.{i}.model"
-                        raise Refused(400, f"{where}: {exc}", field=where) from None
-        materialize(task.attachments)
+        mat = materialize(task.attachments)
+        if task.plan is not None:
+            check_pins(task.plan, registry, today or date.today(), len(mat.images))
     except InputError as exc:
         raise Refused(400, str(exc), field=field_of(str(exc))) from None
     return task
+
+
+def fits_express(task: Task, now: datetime) -> bool:
+    """True when the task's own deadline ends within an Express run's limit
+    (``EXPRESS_LIMIT_S``), so an asynchronous task can run on the Express workflow."""
+    limits: list[float] = []
+    if task.constraints.timeout_seconds is not None:
+        limits.append(task.constraints.timeout_seconds)
+    if task.constraints.deadline is not None:
+        limits.append((task.constraints.deadline - now).total_seconds())
+    return bool(limits) and min(limits) <= EXPRESS_LIMIT_S
+
+
+def for_express(task: Task, now: datetime) -> Task:
+    """The task as it is sent to the Express workflow: its deadline is the earlier of its
+    own and ``now + EXPRESS_LIMIT_S``, so the run stops starting steps and cuts calls in
+    time to finish ``partial`` (stop reason ``deadline``) instead of being killed at 5
+    minutes, when nothing records it. ``timeoutSeconds`` still applies on top."""
+    limit = now + timedelta(seconds=EXPRESS_LIMIT_S)
+    own = task.constraints.deadline
+    if own is not None and own <= limit:
+        return task
+    constraints = task.constraints.model_copy(update={"deadline": limit})
+    return task.model_copy(update={"constraints": constraints})
+
+
+def timed_out_on_express(status: TaskStatus, now: datetime) -> TaskStatus | None:
+    """The failed status of an Express run still recorded ``running`` well past Express's
+    limit (Step Functions stopped it, so neither Finalize nor RecordFailure ran), or None
+    when the record may still be right."""
+    if status.status != "running" or status.created_at is None:
+        return None
+    if now < status.created_at + timedelta(seconds=EXPRESS_MAX_S + EXPRESS_GRACE_S):
+        return None
+    return status.model_copy(
+        update={"status": "failed", "error": EXPRESS_TIMED_OUT_ERROR, "updated_at": now}
+    )

@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import base64
 import json
+import sys
+import threading
 from collections.abc import Iterator, Mapping
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
@@ -15,6 +18,7 @@ import pytest
 
 from polyroute.engine import EngineConfig
 from polyroute.execute import RetryPolicy
+from polyroute.providers.base import ModelRequest, ModelResponse
 from polyroute.providers.simulated import SimulatedProvider
 from polyroute.registry import load_registry
 from polyroute.routing import load_policy
@@ -144,3 +148,98 @@ def test_request_set_passes_against_api_gateway_and_step_functions(
     names = [name for name, _ in sfn.started]
     assert sorted(names) == sorted(answered)
     assert set(sfn.wait_all()) == {"SUCCEEDED"}
+
+
+# --- Express's 5-minute limit, on the real ASL ----------------------------------------------------
+
+START = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
+
+
+class Clock:
+    """The workflow's clock, moved only by model calls: no wall time in the test."""
+
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+        self.lock = threading.Lock()
+
+    def __call__(self) -> datetime:
+        with self.lock:
+            return self.now
+
+    def advance(self, seconds: float) -> None:
+        with self.lock:
+            self.now += timedelta(seconds=seconds)
+
+
+class SlowCalls:
+    """The simulated provider, each call taking ``seconds`` on the injected clock."""
+
+    name = "simulated"
+
+    def __init__(self, inner: SimulatedProvider, clock: Clock, seconds: float) -> None:
+        self.inner, self.clock, self.seconds = inner, clock, seconds
+
+    async def request(self, req: ModelRequest) -> ModelResponse:
+        response = await self.inner.request(req)
+        self.clock.advance(self.seconds)
+        return response
+
+
+def chain(task_id: str, length: int) -> dict[str, Any]:
+    """A plan of ``length`` steps, each waiting for the one before."""
+    steps = [
+        {"id": f"s{i}", "description": f"Part {i} of the essay."}
+        | ({"dependsOn": [f"s{i - 1}"]} if i else {})
+        for i in range(length)
+    ]
+    return {"taskId": task_id, "description": "An essay in parts.", "plan": {"steps": steps}}
+
+
+def test_a_sync_run_that_would_outlast_express_ends_partial_at_its_deadline() -> None:
+    """Three 200-second calls would take Express past its 5 minutes, where Step Functions
+    stops the execution and nothing records it. Sent with the API's deadline, the run stops
+    admitting steps at 280 s and is recorded ``partial`` with stop reason ``deadline``."""
+    from polyroute.api import EXPRESS_LIMIT_S
+
+    clock = Clock(START)
+    provider = SlowCalls(SimulatedProvider(seed=0, time_scale=0.001), clock, seconds=200)
+    cfg = EngineConfig(
+        registry=load_registry(),
+        policy=load_policy(),
+        provider_for=lambda _spec: provider,
+        retry=RetryPolicy(base_delay_s=0.001),
+        clock=clock,
+    )
+    local = LocalStepFunctions(cfg)
+    with local.running():
+        assert local.workflow is not None and local.workflow.results is not None
+        store = local.workflow.results
+        module = sys.modules["_polyroute_lambda_api"]
+        sfn = SyncStepFunctions(local)
+        env = {
+            "POLYROUTE_EXPRESS_ARN": local.orchestrator(),
+            "POLYROUTE_STANDARD_ARN": local.orchestrator("STANDARD"),
+        }
+        body = json.dumps(chain("long-essay", 3)).encode()
+        answer = module.route(
+            proxy_event("POST", TASKS, {"Content-Type": "application/json"}, body),
+            sfn=sfn,
+            store=store,
+            spiller=local.workflow.spiller,
+            models=cfg.registry,
+            env=env,
+            now=START,
+        )
+        assert sfn.wait_all() == ["SUCCEEDED"]  # ended by the workflow itself, recorded
+        recorded = store.get("long-essay")
+    assert answer["statusCode"] == 200
+    status = json.loads(answer["body"])
+    assert status["status"] == "partial", status.get("error")
+    result = status["result"]
+    assert result["stopReason"] == "deadline"
+    deadline = datetime.fromisoformat(result["budgets"]["deadline"])
+    assert deadline == START + timedelta(seconds=EXPRESS_LIMIT_S)
+    by_id = {s["stepId"]: s["status"] for s in result["steps"]}
+    assert by_id["s0"] == "succeeded"
+    assert by_id["s2"] == "skipped"  # never started: the deadline had passed
+    assert recorded is not None and recorded.status == "partial"

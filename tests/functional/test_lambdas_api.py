@@ -6,7 +6,7 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -74,7 +74,9 @@ def api() -> Iterator[Any]:
         store = ResultStore("polyroute-test", s3)
         spiller = Spiller(S3Store("polyroute-test", client=s3), 1024)
 
-        def call(event: dict[str, Any], sfn: FakeSfn | None = None) -> dict[str, Any]:
+        def call(
+            event: dict[str, Any], sfn: FakeSfn | None = None, now: datetime = NOW
+        ) -> dict[str, Any]:
             answer: dict[str, Any] = module.route(
                 event,
                 sfn=sfn or FakeSfn(),
@@ -82,7 +84,7 @@ def api() -> Iterator[Any]:
                 spiller=spiller,
                 models=load_registry(),
                 env=ENV,
-                now=NOW,
+                now=now,
             )
             answer["json"] = json.loads(answer["body"])
             return answer
@@ -416,3 +418,124 @@ def test_a_run_that_could_not_start_frees_its_key(api: Any) -> None:
     sfn = FakeSfn()
     again = api(event, sfn)
     assert again["statusCode"] == 202 and len(sfn.started) == 1
+
+
+# --- Express's 5-minute limit ------------------------------------------------------------------
+
+
+def sent_constraints(sfn: FakeSfn) -> dict[str, Any]:
+    constraints: dict[str, Any] = json.loads(sfn.started[-1]["input"])["task"]["constraints"]
+    return constraints
+
+
+def test_a_sync_run_is_sent_with_a_deadline_inside_express_s_limit(api: Any) -> None:
+    from polyroute.api import EXPRESS_LIMIT_S, EXPRESS_MAX_S
+
+    sfn = FakeSfn()
+    api(post({"description": "What is 2+2?"}), sfn)
+    assert sfn.started[0]["stateMachineArn"] == "arn:express"
+    deadline = datetime.fromisoformat(sent_constraints(sfn)["deadline"])
+    assert deadline == NOW + timedelta(seconds=EXPRESS_LIMIT_S)
+    assert EXPRESS_LIMIT_S < EXPRESS_MAX_S == 300
+
+
+@pytest.mark.parametrize(
+    ("own", "expected"),
+    [
+        (NOW + timedelta(seconds=90), NOW + timedelta(seconds=90)),  # earlier: kept
+        (NOW + timedelta(hours=2), NOW + timedelta(seconds=280)),  # later: Express's
+    ],
+)
+def test_a_sync_run_keeps_the_earlier_of_its_own_deadline_and_express_s(
+    api: Any, own: datetime, expected: datetime
+) -> None:
+    sfn = FakeSfn()
+    body = {"description": "x", "constraints": {"deadline": own.isoformat(), "timeoutSeconds": 600}}
+    assert api(post(body), sfn)["statusCode"] == 200
+    constraints = sent_constraints(sfn)
+    assert datetime.fromisoformat(constraints["deadline"]) == expected
+    assert constraints["timeoutSeconds"] == 600  # still applies, from the run's start
+
+
+def test_an_async_run_on_express_gets_the_deadline_and_one_on_standard_does_not(
+    api: Any,
+) -> None:
+    sfn = FakeSfn()
+    api(post({"description": "x", "constraints": {"timeoutSeconds": 250}}, {"async": "1"}), sfn)
+    assert sfn.started[-1]["stateMachineArn"] == "arn:express"
+    assert sent_constraints(sfn)["deadline"] is not None
+    api(post({"description": "x"}, {"async": "1"}), sfn)
+    assert sfn.started[-1]["stateMachineArn"] == "arn:standard"
+    assert sent_constraints(sfn)["deadline"] is None
+
+
+class ReadTimeoutError(Exception):
+    """What botocore raises when StartSyncExecution outlasts the client's read timeout."""
+
+
+def test_a_run_still_recorded_running_past_express_s_limit_is_reported_failed(api: Any) -> None:
+    from polyroute.api import EXPRESS_GRACE_S, EXPRESS_MAX_S
+
+    # Answered 202 after the API's wait; then Express stopped it at 5 minutes, so neither
+    # Finalize nor RecordFailure recorded anything.
+    sfn = FakeSfn(ReadTimeoutError("Read timeout on endpoint URL"))
+    assert api(post({"description": "slow", "taskId": "killed"}), sfn)["statusCode"] == 202
+    limit = NOW + timedelta(seconds=EXPRESS_MAX_S + EXPRESS_GRACE_S)
+    within = api(get("killed"), now=limit - timedelta(seconds=1))
+    assert within["json"]["status"] == "running"  # Express may still be finishing it
+    assert api.store.get("killed").status == "running"
+
+    late = api(get("killed"), now=limit + timedelta(seconds=1))
+    assert late["statusCode"] == 200
+    assert set(late["json"]) == {"taskId", "status", "result", "error", "createdAt", "updatedAt"}
+    assert late["json"]["status"] == "failed"
+    assert late["json"]["error"].startswith("ExecutionTimedOut: Express workflows stop after")
+    assert "\n" not in late["json"]["error"]
+    assert late["json"]["createdAt"] == NOW.isoformat().replace("+00:00", "Z")
+    # Recorded: the next reader sees it without correcting it again.
+    stored = api.store.get("killed")
+    assert stored.status == "failed" and stored.error == late["json"]["error"]
+    assert stored.updated_at == limit + timedelta(seconds=1)
+    again = api(get("killed"), now=limit + timedelta(hours=1))
+    assert again["json"] == late["json"]
+
+
+def test_a_standard_run_or_a_record_without_its_workflow_stays_running(api: Any) -> None:
+    from polyroute.api import TaskStatus
+
+    api(post({"description": "long", "taskId": "std"}, {"async": "true"}), FakeSfn())
+    api.store.put(TaskStatus(task_id="old", status="running", created_at=NOW, updated_at=NOW))
+    later = NOW + timedelta(hours=3)
+    assert api(get("std"), now=later)["json"]["status"] == "running"
+    assert api(get("old"), now=later)["json"]["status"] == "running"
+
+
+def test_a_finished_express_run_is_never_rewritten(api: Any) -> None:
+    from polyroute.schema import RunResult
+
+    api(post({"description": "q", "taskId": "done"}), FakeSfn(ReadTimeoutError("timed out")))
+    api.store.finished("done", RunResult.model_validate(run_result("done")))
+    answer = api(get("done"), now=NOW + timedelta(days=1))
+    assert answer["json"]["status"] == "succeeded" and answer["json"]["error"] is None
+
+
+def test_a_sync_retry_of_a_run_express_stopped_answers_failed_without_waiting(api: Any) -> None:
+    from polyroute.api import EXPRESS_GRACE_S, EXPRESS_MAX_S
+
+    event = keyed(post({"description": "slow", "taskId": "killed-k"}), "k-killed")
+    api(event, FakeSfn(ReadTimeoutError("timed out")))
+    slept: list[float] = []
+    later = NOW + timedelta(seconds=EXPRESS_MAX_S + EXPRESS_GRACE_S + 10)
+    answer = api.module.route(
+        event,
+        sfn=FakeSfn(),
+        store=api.store,
+        spiller=Spiller(S3Store("polyroute-test", client=api.store.client), 1024),
+        models=load_registry(),
+        env=ENV,
+        now=later,
+        sleep=slept.append,
+    )
+    assert answer["statusCode"] == 200
+    assert json.loads(answer["body"])["status"] == "failed"
+    assert slept == []
