@@ -71,7 +71,7 @@ def test_step_ids_are_checked() -> None:
 
 @pytest.mark.parametrize("naive", ["2030-01-01", "2030-01-01T09:00:00"])
 def test_a_deadline_without_a_timezone_is_refused_with_what_to_write(naive: str) -> None:
-    with pytest.raises(ValidationError, match="has no timezone: add one, e.g. 2030-01-01T09"):
+    with pytest.raises(ValidationError, match=r"has no timezone: add one, e\.g\. 2030-01-01T09"):
         Task.model_validate({"description": "x", "constraints": {"deadline": naive}})
 
 
