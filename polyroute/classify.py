@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING, Protocol
@@ -16,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from polyroute.cost import call_cost
 from polyroute.errors import ClassificationError, ConfigError, ProviderError
-from polyroute.providers.base import ModelRequest, Provider
+from polyroute.providers.base import ModelRequest, ModelResponse, Provider
 from polyroute.registry import ModelSpec
 from polyroute.schema import TASK_TYPES, Classification, Complexity, TaskType
 from polyroute.tokens import estimate_tokens
@@ -25,6 +26,11 @@ if TYPE_CHECKING:
     from polyroute.routers import Router
 
 CLASSIFY_MAX_TOKENS = 100
+
+ModelCall = Callable[[ModelRequest], Awaitable[ModelResponse]]
+"""How a classification or planning request reaches its model. The engine passes one that
+reserves the call's worst case, retries it and settles what it used; by default it is the
+provider's own ``request``."""
 
 # Keyword rules for the task type, in priority order; the first that matches wins.
 _TYPE_PATTERNS: tuple[tuple[TaskType, str], ...] = (
@@ -171,14 +177,20 @@ def parse_model_answer(text: str) -> _ModelAnswer:
 class ModelClassifier:
     """The seed's classifier: the cheap classification model answers in JSON.
 
-    One retry on an invalid answer, then ``ClassificationError``. Its cost is recorded."""
+    One retry on an invalid answer, then ``ClassificationError``; a provider error is a
+    ``ClassificationError`` too. What ``call`` raises otherwise (the engine's retries running
+    out, a budget or deadline) passes through, for the caller to fall back. Its cost is
+    recorded."""
 
     name = "model"
 
-    def __init__(self, model: ModelSpec, provider: Provider, seed: int = 0) -> None:
+    def __init__(
+        self, model: ModelSpec, provider: Provider, seed: int = 0, call: ModelCall | None = None
+    ) -> None:
         self.model = model
         self.provider = provider
         self.seed = seed
+        self.call = call or provider.request
 
     async def classify(self, item: ClassifyInput) -> Classification:
         total_cost = 0.0
@@ -197,7 +209,7 @@ class ModelClassifier:
                 seed=self.seed + attempt,
             )
             try:
-                resp = await self.provider.request(req)
+                resp = await self.call(req)
             except ProviderError as exc:
                 raise ClassificationError(f"classification call failed: {exc}") from exc
             total_cost += call_cost(self.model, resp.usage)

@@ -5,16 +5,23 @@ from __future__ import annotations
 
 import json
 import re
+from datetime import date
 
 from pydantic import ValidationError
 
-from polyroute.classify import local_type
+from polyroute.classify import ModelCall, local_type
 from polyroute.cost import call_cost
-from polyroute.errors import PlanningError, PlanValidationError, ProviderError
+from polyroute.errors import (
+    PinnedModelError,
+    PlanningError,
+    PlanValidationError,
+    ProviderError,
+    UnknownModelError,
+)
 from polyroute.graph import validate_plan
 from polyroute.providers.base import ModelRequest, Provider
-from polyroute.registry import ModelSpec, first_error
-from polyroute.schema import TASK_TYPES, Classification, Plan, Step, Task
+from polyroute.registry import ModelSpec, Registry, first_error
+from polyroute.schema import TASK_TYPES, Capability, Classification, Plan, Step, Task
 
 PLAN_MAX_TOKENS = 2000
 
@@ -123,13 +130,65 @@ def parse_plan(text: str, max_steps: int) -> Plan:
     return plan
 
 
-class ModelPlanner:
-    """Asks the planning model for a plan; one repair attempt on an invalid answer."""
+def step_needs(step: Step, images: int = 0) -> frozenset[Capability]:
+    """The capabilities a step needs whatever its input: those it names, JSON mode for a
+    JSON output, vision when it reads attached images."""
+    needs: set[Capability] = set(step.needs)
+    if step.output == "json":
+        needs.add("json_mode")
+    if step.use_attachments and images:
+        needs.add("vision")
+    return frozenset(needs)
 
-    def __init__(self, model: ModelSpec, provider: Provider, seed: int = 0) -> None:
+
+def pin_problem(spec: ModelSpec, step: Step, today: date, images: int = 0) -> str | None:
+    """Why a pinned model can never take the step (None if it may): retired, missing a
+    capability, or unable to write the step's output. The window and the budget are checked
+    when the step is routed (an input too large for the window is compressed)."""
+    if spec.is_retired(today):
+        return f"retired on {spec.lifecycle.retires_on}"
+    missing = sorted(step_needs(step, images) - spec.capabilities)
+    if missing:
+        return f"lacks {', '.join(missing)}"
+    if step.max_output_tokens is not None and step.max_output_tokens > spec.max_output_tokens:
+        return f"max output {spec.max_output_tokens:,} < {step.max_output_tokens:,} tokens"
+    return None
+
+
+def check_pins(plan: Plan, registry: Registry, today: date, images: int = 0) -> None:
+    """Check every pinned model of a plan before anything runs: an input error (one line,
+    ``plan.steps.<i>.model: ...``, naming the step and the model) if a step pins a model
+    the registry does not know or one that cannot take it. ``images``: how many images the
+    task attaches."""
+    for i, step in enumerate(plan.steps):
+        if step.model is None:
+            continue
+        where = f"plan.steps.{i}.model"
+        try:
+            spec = registry.get(step.model)
+        except UnknownModelError as exc:
+            raise UnknownModelError(f"{where}: step {step.id} pins {exc}") from None
+        why = pin_problem(spec, step, today, images)
+        if why is not None:
+            raise PinnedModelError(
+                f"{where}: step {step.id} pins {spec.id}, which cannot take it: {why}"
+            )
+
+
+class ModelPlanner:
+    """Asks the planning model for a plan; one repair attempt on an invalid answer.
+
+    A provider error is a ``PlanningError``; what ``call`` raises otherwise (the engine's
+    retries running out, a budget or deadline) passes through, for the caller to fall back
+    or stop."""
+
+    def __init__(
+        self, model: ModelSpec, provider: Provider, seed: int = 0, call: ModelCall | None = None
+    ) -> None:
         self.model = model
         self.provider = provider
         self.seed = seed
+        self.call = call or provider.request
         self.cost_usd = 0.0
         self.tokens = 0
 
@@ -137,21 +196,9 @@ class ModelPlanner:
         max_steps = task.constraints.max_steps
         problem = ""
         for attempt in range(2):
-            prompt = f"\n\n## Task\n{task.description}\n\n## Limits\nAt most {max_steps} steps."
-            if attempt:
-                prompt += f"\n\n## Repair\nYour previous plan was rejected: {problem}."
-            req = ModelRequest(
-                model=self.model,
-                system=PLAN_SYSTEM.replace("MAX", str(max_steps)),
-                prompt=prompt,
-                json_mode=True,
-                max_tokens=PLAN_MAX_TOKENS,
-                purpose="plan",
-                step_type="planning",
-                seed=self.seed + attempt,
-            )
+            req = plan_request(self.model, task, self.seed + attempt, problem)
             try:
-                resp = await self.provider.request(req)
+                resp = await self.call(req)
             except ProviderError as exc:
                 raise PlanningError(f"planning call to {self.model.id} failed: {exc}") from exc
             self.cost_usd += call_cost(self.model, resp.usage)
@@ -161,3 +208,21 @@ class ModelPlanner:
             except PlanValidationError as exc:
                 problem = str(exc)
         raise PlanningError(f"{self.model.id} returned an invalid plan twice ({problem})")
+
+
+def plan_request(model: ModelSpec, task: Task, seed: int = 0, problem: str = "") -> ModelRequest:
+    """The planning call for a task (``problem``: why the previous plan was rejected)."""
+    max_steps = task.constraints.max_steps
+    prompt = f"\n\n## Task\n{task.description}\n\n## Limits\nAt most {max_steps} steps."
+    if problem:
+        prompt += f"\n\n## Repair\nYour previous plan was rejected: {problem}."
+    return ModelRequest(
+        model=model,
+        system=PLAN_SYSTEM.replace("MAX", str(max_steps)),
+        prompt=prompt,
+        json_mode=True,
+        max_tokens=PLAN_MAX_TOKENS,
+        purpose="plan",
+        step_type="planning",
+        seed=seed,
+    )

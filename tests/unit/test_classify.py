@@ -5,7 +5,8 @@ import asyncio
 import pytest
 
 from polyroute.classify import ClassifyInput, ModelClassifier, local_type, parse_model_answer
-from polyroute.errors import ClassificationError
+from polyroute.errors import ClassificationError, OverloadedError
+from polyroute.execute import RetriesExhaustedError
 from polyroute.providers.base import ModelRequest, ModelResponse
 from polyroute.registry import load_registry
 from polyroute.schema import Usage
@@ -71,3 +72,31 @@ def test_parse_model_answer_accepts_camel_case_and_surrounding_text() -> None:
     assert ans.needs_vision is True
     with pytest.raises(ValueError, match="complexity"):
         parse_model_answer('{"type": "qa", "complexity": "extreme"}')
+
+
+def test_model_classifier_makes_its_calls_through_the_injected_call() -> None:
+    """The engine passes a call that budgets and retries; what it raises besides a provider
+    error (retries that ran out) passes through for the engine to fall back."""
+    haiku = load_registry().get("claude-haiku-4-5")
+    provider = ScriptedProvider([])
+    seen: list[ModelRequest] = []
+
+    async def call(req: ModelRequest) -> ModelResponse:
+        seen.append(req)
+        return ModelResponse(
+            text='{"type": "qa", "complexity": "low"}',
+            usage=Usage(input_tokens=50, output_tokens=10),
+            latency_ms=1.0,
+            model=req.model.id,
+            provider="injected",
+        )
+
+    result = asyncio.run(ModelClassifier(haiku, provider, call=call).classify(ClassifyInput("x")))
+    assert (result.type, result.complexity) == ("qa", "low")
+    assert provider.requests == [] and [r.purpose for r in seen] == ["classify"]
+
+    async def exhausted(req: ModelRequest) -> ModelResponse:
+        raise RetriesExhaustedError(OverloadedError("529"), 3)
+
+    with pytest.raises(RetriesExhaustedError):
+        asyncio.run(ModelClassifier(haiku, provider, call=exhausted).classify(ClassifyInput("x")))

@@ -1,15 +1,27 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import date
 
 import pytest
 
-from polyroute.errors import PlanningError, PlanValidationError
+from polyroute.errors import (
+    ContentRefusedError,
+    InputError,
+    OverloadedError,
+    PinnedModelError,
+    PlanningError,
+    PlanValidationError,
+    UnknownModelError,
+)
+from polyroute.execute import RetriesExhaustedError
 from polyroute.graph import validate_plan, waves
-from polyroute.planner import ModelPlanner, local_plan, parse_plan
+from polyroute.planner import PLAN_MAX_TOKENS, ModelPlanner, check_pins, local_plan, parse_plan
 from polyroute.providers.base import ModelRequest, ModelResponse
 from polyroute.registry import load_registry
-from polyroute.schema import Task, Usage
+from polyroute.schema import Plan, Task, Usage
+
+DAY = date(2026, 11, 27)
 
 
 class Scripted:
@@ -73,3 +85,106 @@ def test_local_planner_makes_parallel_branches_from_listed_items() -> None:
     generic = local_plan("Plan a migration")
     validate_plan(generic, 10)
     assert any(len(w) > 1 for w in waves(generic))
+
+
+def test_an_injected_call_carries_every_planning_request() -> None:
+    """The engine's budgeted, retried call replaces the provider's own request."""
+    opus = load_registry().get("claude-opus-4-5")
+    provider = Scripted([])
+    seen: list[ModelRequest] = []
+
+    async def call(req: ModelRequest) -> ModelResponse:
+        seen.append(req)
+        return ModelResponse(
+            text=GOOD,
+            usage=Usage(input_tokens=1, output_tokens=1),
+            latency_ms=1,
+            model="m",
+            provider="injected",
+        )
+
+    plan = asyncio.run(ModelPlanner(opus, provider, call=call).plan(Task(description="x")))
+    assert len(plan.steps) == 2
+    assert provider.prompts == [] and len(seen) == 1
+    assert seen[0].purpose == "plan" and seen[0].max_tokens == PLAN_MAX_TOKENS
+
+
+def test_what_the_call_raises_besides_a_provider_error_passes_through() -> None:
+    """Retries that ran out reach the caller, which falls back; a provider error is a
+    PlanningError naming the model."""
+    opus = load_registry().get("claude-opus-4-5")
+    exhausted = RetriesExhaustedError(OverloadedError("529"), 3)
+
+    async def overloaded(req: ModelRequest) -> ModelResponse:
+        raise exhausted
+
+    async def refused(req: ModelRequest) -> ModelResponse:
+        raise ContentRefusedError("refused")
+
+    task = Task(description="x")
+    with pytest.raises(RetriesExhaustedError) as info:
+        asyncio.run(ModelPlanner(opus, Scripted([]), call=overloaded).plan(task))
+    assert info.value is exhausted
+    with pytest.raises(PlanningError, match="planning call to claude-opus-4-5 failed: refused"):
+        asyncio.run(ModelPlanner(opus, Scripted([]), call=refused).plan(task))
+
+
+def pinned(model: str, **step: object) -> Plan:
+    return Plan.model_validate(
+        {
+            "steps": [
+                {"id": "free", "description": "anything"},
+                {"id": "review", "description": "review it", "model": model, **step},
+            ]
+        }
+    )
+
+
+def test_check_pins_accepts_models_that_can_take_their_step() -> None:
+    registry = load_registry()
+    check_pins(pinned("claude-opus-4-5", output="json"), registry, DAY)
+    check_pins(pinned("gpt-4o-mini", useAttachments=True), registry, DAY, images=1)
+
+
+@pytest.mark.parametrize(
+    ("plan", "day", "images", "error", "message"),
+    [
+        (
+            pinned("claude-sonet-4-5"),
+            DAY,
+            0,
+            UnknownModelError,
+            "plan.steps.1.model: step review pins unknown model 'claude-sonet-4-5' (known: ",
+        ),
+        (
+            pinned("claude-sonnet-4-5"),
+            date(2026, 12, 1),
+            0,
+            PinnedModelError,
+            "plan.steps.1.model: step review pins claude-sonnet-4-5, which cannot take it: "
+            "retired on 2026-11-30",
+        ),
+        (
+            pinned("gpt-4o-mini", needs=["long_context"]),
+            DAY,
+            0,
+            PinnedModelError,
+            "step review pins gpt-4o-mini, which cannot take it: lacks long_context",
+        ),
+        (
+            pinned("gpt-4o", maxOutputTokens=100_000),
+            DAY,
+            0,
+            PinnedModelError,
+            "step review pins gpt-4o, which cannot take it: max output 16,384 < 100,000 tokens",
+        ),
+    ],
+)
+def test_check_pins_names_the_step_and_the_model_in_one_line(
+    plan: Plan, day: date, images: int, error: type[Exception], message: str
+) -> None:
+    with pytest.raises(error) as info:
+        check_pins(plan, load_registry(), day, images)
+    assert message in str(info.value)
+    assert "\n" not in str(info.value)
+    assert isinstance(info.value, InputError)  # exit 2, and a 400 from the API
