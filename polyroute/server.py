@@ -15,7 +15,9 @@ against one works against the other. What this module adds on top of the contrac
   (GET it instead, or leave ``taskId`` out to have one made).
 - **Durability.** Tasks live in a SQLite file (:mod:`polyroute.store`), so async results
   survive a restart; a task that was running when the server stopped is reported ``failed``
-  with the reason, not re-run.
+  with the reason, not re-run. As on the deployed API, a task is never reported ``running``
+  when nothing can finish it: one recorded as running that this server is not running is
+  answered, and recorded, as failed.
 - **Auth.** With ``POLYROUTE_API_TOKEN`` set, ``/v1/*`` needs ``Authorization: Bearer
   <token>`` (401 otherwise). ``/healthz`` and ``/openapi.json`` stay open.
 
@@ -52,7 +54,7 @@ from polyroute.api import (
 )
 from polyroute.errors import InputError, PolyrouteError
 from polyroute.schema import Task
-from polyroute.store import StoredTask, TaskStore
+from polyroute.store import ORPHANED_ERROR, StoredTask, TaskStore
 
 if TYPE_CHECKING:
     from starlette.applications import Starlette
@@ -180,10 +182,21 @@ class TaskService:
         if job is not None:
             # Shielded: a client that hangs up does not cancel the run it already paid for.
             await asyncio.shield(job)
-        stored = self.store.get(task_id)
+        stored = self._current(task_id)
         if stored is None:  # pragma: no cover - rows are never deleted
             raise Refused(404, f"no task {task_id!r}", field="taskId")
         return 200, stored.to_status()
+
+    def _current(self, task_id: str) -> StoredTask | None:
+        """The stored task; one still ``running`` with no run of it in this server (its
+        run is recorded before the job is dropped, so none can still finish it) is
+        recorded failed first."""
+        stored = self.store.get(task_id)
+        if stored is not None and stored.status == "running" and task_id not in self.jobs:
+            log.warning("task %s is recorded as running but nothing runs it: failed", task_id)
+            self.store.fail_if_running(task_id, ORPHANED_ERROR)
+            stored = self.store.get(task_id)
+        return stored
 
     async def _run(self, task_id: str, task: Task) -> None:
         try:
@@ -201,7 +214,7 @@ class TaskService:
 
     def status(self, task_id: str) -> TaskStatus:
         """A task's status; 404 if the id is unknown."""
-        stored = self.store.get(task_id)
+        stored = self._current(task_id)
         if stored is None:
             raise Refused(404, f"no task with id {task_id!r}", field="taskId")
         return stored.to_status()

@@ -26,6 +26,10 @@ STORE_SCHEMA_VERSION = 1
 INTERRUPTED_ERROR = (
     "the server stopped while this task was running; it was not re-run (submit it again to run it)"
 )
+ORPHANED_ERROR = (
+    "this task is recorded as running, but no run of it is going on in this server (the server"
+    " that started it stopped); it was not re-run (submit it again to run it)"
+)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -168,6 +172,18 @@ class TaskStore:
                 (status, payload, error, _now().isoformat(), task_id),
             )
             self._db.commit()
+
+    def fail_if_running(self, task_id: str, error: str) -> bool:
+        """Mark one task failed if it is still ``running`` (a finished one is left as it is);
+        True if it was marked."""
+        with self._lock:
+            cur = self._db.execute(
+                "UPDATE tasks SET status = 'failed', error = ?, updated_at = ?"
+                " WHERE task_id = ? AND status = 'running'",
+                (error, _now().isoformat(), task_id),
+            )
+            self._db.commit()
+            return cur.rowcount > 0
 
     def fail_interrupted(self, error: str = INTERRUPTED_ERROR) -> int:
         """Mark every task still ``running`` as failed; the number marked."""

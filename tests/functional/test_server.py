@@ -16,7 +16,7 @@ import pytest
 from polyroute.cli import main
 from polyroute.errors import EXIT_BAD_INPUT, InputError
 from polyroute.server import SERVER_STOPPED_ERROR, TaskService, is_loopback, serve
-from polyroute.store import INTERRUPTED_ERROR, TaskStore
+from polyroute.store import INTERRUPTED_ERROR, ORPHANED_ERROR, TaskStore
 
 from ..contract.local_server import LocalServer, http_send
 
@@ -186,6 +186,42 @@ def test_a_task_left_running_by_a_crash_is_failed_when_the_store_reopens(
     row = reopened.get("crashed")
     assert row is not None and row.status == "failed" and row.error == INTERRUPTED_ERROR
     reopened.close()
+
+
+def test_a_task_recorded_running_that_nothing_runs_is_reported_failed(
+    server: LocalServer,
+) -> None:
+    # As the deployed API fails a run Express stopped: GET never says "running" for a task
+    # no run will finish. Here the row exists, but no run of it is in this server.
+    assert server.store.create("ghost", "sha", None)
+    hold = threading.Event()
+    CountingRuns(server, hold=hold)
+    _, _, accepted = post(server.url, QUESTION, query="?async=true")
+    live = accepted["taskId"]
+
+    status, _, body = get(server.url, "/v1/tasks/ghost")
+    assert status == 200 and body["status"] == "failed" and body["result"] is None
+    assert body["error"] == ORPHANED_ERROR
+    row = server.store.get("ghost")
+    assert row is not None and row.status == "failed" and row.error == ORPHANED_ERROR
+    # A task this server is running is left alone, and finishes.
+    assert get(server.url, f"/v1/tasks/{live}")[2]["status"] == "running"
+    hold.set()
+    while get(server.url, f"/v1/tasks/{live}")[2]["status"] == "running":
+        threading.Event().wait(0.02)
+    assert get(server.url, f"/v1/tasks/{live}")[2]["status"] == "succeeded"
+
+
+def test_fail_if_running_leaves_a_finished_task_alone(tmp_path: Path) -> None:
+    store = TaskStore.in_dir(tmp_path)
+    assert store.create("done", "sha", None) and store.create("stuck", "sha", None)
+    store.finish("done", "failed", None, "its own reason")
+    assert store.fail_if_running("done", ORPHANED_ERROR) is False
+    assert store.fail_if_running("stuck", ORPHANED_ERROR) is True
+    done, stuck = store.get("done"), store.get("stuck")
+    assert done is not None and done.error == "its own reason"
+    assert stuck is not None and stuck.status == "failed" and stuck.error == ORPHANED_ERROR
+    store.close()
 
 
 def test_default_store_is_under_the_users_data_dir(
