@@ -9,17 +9,18 @@ dependants and lets independent branches finish.
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from polyroute.budget import Budget, Reservation
 from polyroute.circuit import Breaker
-from polyroute.classify import ClassifyInput, LocalClassifier, ModelClassifier
+from polyroute.classify import ClassifyInput, LocalClassifier, ModelCall, ModelClassifier
 from polyroute.compress import (
     CompressedInput,
     Document,
@@ -27,18 +28,30 @@ from polyroute.compress import (
     compress,
     measure_sections,
 )
-from polyroute.cost import call_cost, savings_pct
+from polyroute.cost import call_cost, estimate_call_cost, savings_pct
 from polyroute.errors import (
     BudgetExceededError,
+    ClassificationError,
     DeadlineExceededError,
     LimitError,
+    NoEligibleModelError,
+    PinnedModelError,
+    PlanningError,
     PolyrouteError,
     ProviderError,
 )
 from polyroute.execute import RetriesExhaustedError, RetryPolicy, call_with_retries
 from polyroute.graph import critical_path, validate_plan, waves
-from polyroute.planner import ModelPlanner, needs_planner, single_step_plan
+from polyroute.planner import (
+    PLAN_MAX_TOKENS,
+    ModelPlanner,
+    check_pins,
+    needs_planner,
+    plan_request,
+    single_step_plan,
+)
 from polyroute.providers.base import ImageInput, ModelRequest, ModelResponse, Provider
+from polyroute.providers.simulated import SimulatedProvider
 from polyroute.registry import ModelSpec, Registry
 from polyroute.routing import Policy, Router, RouteRequest
 from polyroute.schema import (
@@ -58,7 +71,7 @@ from polyroute.schema import (
     Usage,
 )
 from polyroute.taskfile import Materialized, materialize
-from polyroute.tokens import estimate_tokens
+from polyroute.tokens import IMAGE_TOKENS_DEFAULT, estimate_tokens
 
 STEP_SYSTEM = (
     "You are one agent in a multi-model pipeline. Do only your step, using the task, the "
@@ -126,7 +139,9 @@ class Run:
         )
         self.stop_reason: str | None = None
         self.rng = random.Random(self.cfg.seed)
+        # What classification and planning used and cost (the budget holds it too).
         self.classifier_cost = 0.0
+        self.classifier_usage = Usage()
         self.providers: dict[str, str] = {}
         self.simulated = False
         self.deps: dict[str, list[str]] = {}
@@ -137,6 +152,19 @@ class Run:
 
     def today(self) -> date:
         return self.cfg.today or self.cfg.clock().date()
+
+    def record_overhead(self, spec: ModelSpec, usage: Usage) -> float:
+        """Add a classification or planning call's usage to the run's; return its cost."""
+        cost = call_cost(spec, usage)
+        self.classifier_usage = self.classifier_usage + usage
+        self.classifier_cost += cost
+        return cost
+
+    def charge_overhead(self, spec: ModelSpec, billed: Usage | None) -> None:
+        """Charge what a failed classification or planning call was billed (an HTTP error
+        bills nothing) to the run and its budget."""
+        if billed is not None and billed.total > 0:
+            self.budget.charge(billed.total, self.record_overhead(spec, billed))
 
 
 class Engine:
@@ -152,7 +180,11 @@ class Engine:
     async def classify(
         self, task: Task, mat: Materialized, run: Run | None = None
     ) -> Classification:
-        """Classify the task with the configured classifier."""
+        """Classify the task with the configured classifier.
+
+        The model classifier's calls are budgeted and retried as a step's are; when it
+        fails, or does not fit the budget or the deadline, the free local classifier answers
+        and its ``classifier`` says why."""
         item = ClassifyInput(
             text=task.description,
             type_hint=task.type,
@@ -160,31 +192,51 @@ class Engine:
             image_count=len(mat.images),
             extra_tokens=mat.document_tokens + mat.image_tokens,
         )
-        if self.cfg.classifier == "model":
-            spec, _ = self.cfg.registry.resolve(
-                self.cfg.registry.tiers.get("fast", "claude-haiku-4-5"),
-                run.today() if run else date.today(),
-            )
-            clf = ModelClassifier(spec, self.cfg.provider_for(spec), seed=self.cfg.seed)
-            result = await clf.classify(item)
-            if run is not None:
-                run.budget.charge(0, result.cost_usd)
-                run.classifier_cost += result.cost_usd
-            return result
-        return self.local_classifier.classify_sync(item)
+        if self.cfg.classifier != "model":
+            return self.local_classifier.classify_sync(item)
+        if run is None:
+            run = Run(self, task, task.task_id or "classify")
+        spec, _ = self.cfg.registry.resolve(
+            self.cfg.registry.tiers.get("fast", "claude-haiku-4-5"), run.today()
+        )
+        spent = run.classifier_cost
+        clf = ModelClassifier(
+            spec,
+            self.cfg.provider_for(spec),
+            seed=self.cfg.seed,
+            call=self.budgeted_call(run, "classification", spec),
+        )
+        try:
+            return await clf.classify(item)
+        except (RetriesExhaustedError, ClassificationError, LimitError) as exc:
+            why = failure_note(exc)
+        local = self.local_classifier.classify_sync(item)
+        return local.model_copy(
+            update={
+                "classifier": f"local (fallback from model:{spec.id}: {why})",
+                "cost_usd": round(run.classifier_cost - spent, 8),
+            }
+        )
 
-    async def make_plan(self, task: Task, classification: Classification, run: Run) -> Plan:
-        """The task's plan: given, from the planner, or a single step; always validated."""
+    def check_pins(self, task: Task, mat: Materialized, run: Run) -> None:
+        """Refuse a given plan that pins an unknown or ineligible model (exit 2), before
+        anything is spent."""
+        if task.plan is not None:
+            check_pins(task.plan, self.cfg.registry, run.today(), len(mat.images))
+
+    async def make_plan(
+        self, task: Task, classification: Classification, run: Run, images: int = 0
+    ) -> Plan:
+        """The task's plan: given, from the planner, or a single step; always validated.
+
+        A given plan's pinned models are checked (``images``: how many the task attaches).
+        The planning call is budgeted and retried as a step's is, then falls back to the
+        next eligible planning model; ``BudgetExceededError`` if the planning model does not
+        fit the budget, ``PlanningError`` when no model is left."""
         if task.plan is not None:
             plan = task.plan
         elif needs_planner(task, classification):
-            spec, _ = self.cfg.registry.resolve(
-                self.cfg.registry.tiers.get("reasoning", "claude-opus-4-5"), run.today()
-            )
-            planner = ModelPlanner(spec, self.cfg.provider_for(spec), seed=self.cfg.seed)
-            plan = await planner.plan(task)
-            run.budget.charge(planner.tokens, planner.cost_usd)
-            run.classifier_cost += planner.cost_usd
+            plan = await self.model_plan(task, run)
             if task.attachments:
                 plan = Plan(
                     steps=[s.model_copy(update={"use_attachments": True}) for s in plan.steps],
@@ -193,16 +245,123 @@ class Engine:
         else:
             plan = single_step_plan(task, classification)
         validate_plan(plan, task.constraints.max_steps)
+        if task.plan is not None:
+            check_pins(plan, self.cfg.registry, run.today(), images)
         return plan
+
+    def planning_models(self, task: Task, run: Run) -> list[ModelSpec]:
+        """The planning model (the reasoning tier's, past retired models), then the models
+        a planning call may fall back to, nearest in price first: as the router orders a
+        step's fallbacks, among the live models with JSON mode and room for the plan."""
+        registry = self.cfg.registry
+        primary, _ = registry.resolve(
+            registry.tiers.get("reasoning", "claude-opus-4-5"), run.today()
+        )
+        req = plan_request(primary, task)
+        tokens = estimate_tokens(f"{req.system}\n{req.prompt}")
+        route = RouteRequest(
+            classification=Classification(type="planning", complexity="high", token_count=tokens),
+            input_tokens=tokens,
+            output_tokens=PLAN_MAX_TOKENS,
+            required=frozenset({"json_mode"}),
+            pinned=primary.id,
+            today=run.today(),
+        )
+        try:
+            decision = self.router.route(route)
+        except PinnedModelError:
+            # The tier's model cannot plan (a custom registry): the policy's choice leads.
+            try:
+                decision = self.router.route(replace(route, pinned=None))
+            except NoEligibleModelError:
+                return [primary]
+            return [registry.get(decision.model), *map(registry.get, decision.fallbacks)]
+        return [primary, *map(registry.get, decision.fallbacks)]
+
+    async def model_plan(self, task: Task, run: Run) -> Plan:
+        """A plan from the planning model, falling back to the next eligible model when its
+        retries run out (or its circuit is open)."""
+        failed: list[str] = []
+        over_budget: list[str] = []
+        b = self.cfg.breaker
+        for i, spec in enumerate(self.planning_models(task, run)):
+            if i > 0 and b is not None and b.is_open(spec.id):
+                failed.append(f"{spec.id}: {b.reason()}")
+                continue
+            planner = ModelPlanner(
+                spec,
+                self.cfg.provider_for(spec),
+                seed=self.cfg.seed,
+                call=self.budgeted_call(run, "planning", spec),
+            )
+            try:
+                return await planner.plan(task)
+            except RetriesExhaustedError as exc:
+                failed.append(f"{spec.id}: {failure_note(exc)}")
+            except BudgetExceededError as exc:
+                if not failed:
+                    raise
+                # A fallback that does not fit what is left: a cheaper one may.
+                over_budget.append(str(exc))
+        tried = "; ".join(failed + over_budget)
+        if over_budget:
+            raise BudgetExceededError(f"no planning model left fits the budget ({tried})")
+        raise PlanningError(f"planning failed on every eligible model ({tried})")
+
+    def budgeted_call(self, run: Run, what: str, spec: ModelSpec) -> ModelCall:
+        """How a classification or planning call of ``spec`` is made: its worst case reserved
+        first (not as a step), then the engine's retries, backoff, deadline and breaker; what
+        it used settled after. On failure the reservation is given back and what the
+        provider billed is charged. Raises ``RetriesExhaustedError`` when retries run out,
+        ``LimitError`` when it does not fit the budget or the deadline."""
+        provider = self.cfg.provider_for(spec)
+
+        async def call(req: ModelRequest) -> ModelResponse:
+            tokens, cost = worst_case(spec, req)
+            reservation = run.budget.reserve(
+                f"{what} on {spec.id}", tokens, cost, self.cfg.clock(), counts_step=False
+            )
+            run.providers[spec.id] = provider.name
+            try:
+                result = await call_with_retries(
+                    provider,
+                    req,
+                    self.cfg.retry,
+                    run.rng,
+                    run.time_left_s,
+                    self.cfg.sleep,
+                    breaker=self.cfg.breaker,
+                    repair=False,
+                )
+            except RetriesExhaustedError as exc:
+                run.budget.release(reservation)
+                run.charge_overhead(spec, exc.last.usage)
+                raise
+            except ProviderError as exc:
+                run.budget.release(reservation)
+                run.charge_overhead(spec, exc.usage)
+                raise
+            except BaseException:
+                run.budget.release(reservation)
+                raise
+            resp = result.response
+            run.budget.settle(reservation, resp.usage.total, run.record_overhead(spec, resp.usage))
+            run.simulated = run.simulated or resp.simulated
+            return resp
+
+        return call
 
     # --- the run ---------------------------------------------------------------------------
 
     async def run(self, task: Task, task_id: str | None = None) -> RunResult:
-        """Run a task to its result. Raises only for bad input (invalid plan, config)."""
+        """Run a task to its result. Raises for bad input (an invalid plan, a pinned model
+        that cannot take its step, config), and when planning fails or does not fit the
+        budget or the deadline: then no step has run."""
         run = Run(self, task, task_id or task.task_id or uuid.uuid4().hex[:12])
         mat = materialize(task.attachments)
+        self.check_pins(task, mat, run)
         classification = await self.classify(task, mat, run)
-        plan = await self.make_plan(task, classification, run)
+        plan = await self.make_plan(task, classification, run, len(mat.images))
         states = {s.id: _StepState(step=s, result=pending_result(s)) for s in plan.steps}
         run.handoff.remaining_steps = [s.id for s in plan.steps]
         run.deps = {s.id: list(s.depends_on) for s in plan.steps}
@@ -459,6 +618,7 @@ class Engine:
             simulated=run.simulated,
             providers=run.providers,
             classifier_cost=run.classifier_cost,
+            classifier_usage=run.classifier_usage,
             budgets=run.budget.report(),
             handoff=run.handoff,
             started=run.started,
@@ -740,9 +900,15 @@ def build_result(
     handoff: AgentHandoff,
     started: datetime,
     finished: datetime,
+    classifier_usage: Usage | None = None,
 ) -> RunResult:
-    """A run's result: status, totals, critical path and the one-model baseline."""
-    usage = sum((r.usage for r in results), Usage())
+    """A run's result: status, totals, critical path and the one-model baseline.
+
+    The totals count classification and planning (``classifier_cost``,
+    ``classifier_usage``) with the steps. A run is simulated when any provider it called,
+    for any purpose and whether or not the call succeeded, is the simulated one."""
+    usage = sum((r.usage for r in results), classifier_usage or Usage())
+    simulated = simulated or SimulatedProvider.name in providers.values()
     routed = sum(r.cost_usd for r in results)
     used_models = sorted({r.model for r in results if r.model and r.status == "succeeded"})
     if used_models:
@@ -786,6 +952,22 @@ def build_result(
         started_at=started,
         finished_at=finished,
     )
+
+
+def worst_case(spec: ModelSpec, req: ModelRequest) -> tuple[int, float]:
+    """The most a call may use, in billed tokens and dollars: its input estimate and its
+    full ``max_tokens`` of output, at the model's prices (what a budget reserves)."""
+    text_tokens = sum(estimate_tokens(part) for part in (req.system or "", req.prefix, req.prompt))
+    billed_in = math.ceil(text_tokens * spec.token_factor) + IMAGE_TOKENS_DEFAULT * len(req.images)
+    return billed_in + req.max_tokens, estimate_call_cost(spec, billed_in, req.max_tokens)
+
+
+def failure_note(exc: BaseException) -> str:
+    """A short line for why a classification or planning call gave up."""
+    if isinstance(exc, RetriesExhaustedError):
+        tries = f"after {exc.attempts} attempt(s)" if exc.attempts else "without a call"
+        return f"{type(exc.last).__name__} {tries}"
+    return str(exc)
 
 
 def fact(output: Any) -> str:

@@ -6,15 +6,25 @@ from datetime import UTC, date, datetime
 import pytest
 
 from polyroute.cost import call_cost
-from polyroute.engine import Engine, EngineConfig
-from polyroute.errors import InvalidRequestError, ProviderError
+from polyroute.engine import Engine, EngineConfig, Run
+from polyroute.errors import (
+    EXIT_BAD_INPUT,
+    EXIT_FAILURE,
+    EXIT_STOPPED,
+    BudgetExceededError,
+    InvalidRequestError,
+    PinnedModelError,
+    PlanningError,
+    ProviderError,
+    UnknownModelError,
+)
 from polyroute.execute import RetryPolicy
 from polyroute.providers.base import ModelRequest, ModelResponse
 from polyroute.providers.simulated import FailurePlan, SimulatedProvider
 from polyroute.registry import load_registry
 from polyroute.routing import load_policy
 from polyroute.schema import RunResult, Task, Usage
-from polyroute.taskfile import load_task
+from polyroute.taskfile import load_task, materialize
 
 from ..conftest import EXAMPLES
 
@@ -348,3 +358,204 @@ def test_an_open_circuit_routes_later_steps_around_the_model() -> None:
     assert second.status == "succeeded" and second.model not in failing
     routed_around = [c for c in second.candidates if c.model == first.fallback_from]
     assert routed_around and "circuit" in (routed_around[0].why_not or "")
+
+
+# --- classification and planning: retried, budgeted, falling back ----------------------------
+
+
+def planning_task(**constraints: object) -> Task:
+    task = load_task(EXAMPLES / "planning.json")
+    return task.model_copy(update={"constraints": task.constraints.model_copy(update=constraints)})
+
+
+def purposes(sim: SimulatedProvider, purpose: str) -> list[str]:
+    return [c.model.id for c in sim.calls if c.purpose == purpose]
+
+
+def test_an_overloaded_planning_call_is_retried_on_the_planning_model() -> None:
+    sim = SimulatedProvider(time_scale=0.0, failures=FailurePlan.parse(["claude-opus-4-5=529x1"]))
+    result = asyncio.run(engine(sim).run(planning_task()))
+    assert result.status == "succeeded" and result.plan_source == "planner"
+    assert purposes(sim, "plan") == ["claude-opus-4-5", "claude-opus-4-5"]
+    assert result.totals.classifier_cost_usd > 0
+
+
+def test_planning_falls_back_to_the_next_eligible_model_when_retries_run_out() -> None:
+    sim = SimulatedProvider(time_scale=0.0, failures=FailurePlan.parse(["claude-opus-4-5=529x3"]))
+    result = asyncio.run(engine(sim).run(planning_task()))
+    assert result.status == "succeeded" and result.plan_source == "planner"
+    plan_calls = purposes(sim, "plan")
+    assert plan_calls[:3] == ["claude-opus-4-5"] * 3
+    assert len(plan_calls) == 4 and plan_calls[3] != "claude-opus-4-5"
+    assert plan_calls[3] in result.providers
+
+
+def test_planning_skips_a_model_whose_circuit_is_open() -> None:
+    from polyroute.circuit import CircuitBreaker
+
+    breaker = CircuitBreaker(threshold=2, window_s=60, cooldown_s=600)
+    sim = SimulatedProvider(time_scale=0.0, failures=FailurePlan.parse(["claude-opus-4-5=529x9"]))
+    result = asyncio.run(engine(sim, breaker=breaker).run(planning_task()))
+    assert result.plan_source == "planner"
+    # The circuit opened after two failures: no third attempt on Opus.
+    assert purposes(sim, "plan")[:2] == ["claude-opus-4-5"] * 2
+    assert purposes(sim, "plan")[2] != "claude-opus-4-5"
+
+
+def test_planning_fails_in_one_line_when_no_model_is_left() -> None:
+    everyone = [f"{m}=529x3" for m in load_registry().models]
+    sim = SimulatedProvider(time_scale=0.0, failures=FailurePlan.parse(everyone))
+    with pytest.raises(PlanningError) as info:
+        asyncio.run(engine(sim).run(planning_task()))
+    message = str(info.value)
+    assert message.startswith("planning failed on every eligible model (claude-opus-4-5: ")
+    assert "OverloadedError after 3 attempt(s)" in message and "\n" not in message
+    assert info.value.exit_code == EXIT_FAILURE
+    assert purposes(sim, "execute") == []  # no step ran
+
+
+@pytest.mark.parametrize(
+    ("constraints", "message"),
+    [
+        ({"max_cost_usd": 0.005}, r"planning on claude-opus-4-5 may cost \$0\.05\d+; \$0\.0050 of"),
+        ({"max_token_budget": 300}, r"planning on claude-opus-4-5 needs up to 2,\d{3} tokens; 300"),
+    ],
+)
+def test_a_planner_that_does_not_fit_the_budget_stops_the_run_before_it_is_called(
+    constraints: dict[str, object], message: str
+) -> None:
+    sim = SimulatedProvider(time_scale=0.0)
+    with pytest.raises(BudgetExceededError, match=message) as info:
+        asyncio.run(engine(sim).run(planning_task(**constraints)))
+    assert info.value.exit_code == EXIT_STOPPED
+    assert sim.calls == []
+
+
+def test_planning_is_counted_in_the_budget_and_the_totals() -> None:
+    sim = SimulatedProvider(time_scale=0.0)
+    result = asyncio.run(engine(sim).run(planning_task(max_token_budget=5000)))
+    steps = sum((s.usage for s in result.steps), Usage())
+    t = result.totals
+    total = t.input_tokens + t.output_tokens + t.cache_read_tokens + t.cache_write_tokens
+    assert total > steps.total  # the planning call's tokens are in the totals
+    assert result.budgets.tokens_used == total <= 5000
+    assert result.budgets.cost_used_usd == pytest.approx(t.cost_usd)
+    assert t.classifier_cost_usd == pytest.approx(
+        t.cost_usd - sum(s.cost_usd for s in result.steps)
+    )
+
+
+def model_classified(
+    failures: list[str], **constraints: object
+) -> tuple[SimulatedProvider, RunResult]:
+    sim = SimulatedProvider(time_scale=0.0, failures=FailurePlan.parse(failures))
+    t = implement_task()
+    t.constraints = t.constraints.model_copy(update=constraints)
+    return sim, asyncio.run(engine(sim, classifier="model").run(t))
+
+
+def test_the_model_classifier_is_charged_its_tokens() -> None:
+    _, result = model_classified([])
+    c = result.classification
+    assert c is not None and c.classifier == "model:claude-haiku-4-5"
+    step = result.steps[0]
+    assert result.budgets.tokens_used > step.usage.total
+    assert result.budgets.cost_used_usd == pytest.approx(step.cost_usd + c.cost_usd)
+    assert result.totals.input_tokens > step.usage.input_tokens
+
+
+def test_the_model_classifier_falls_back_to_the_local_one_after_its_retries() -> None:
+    sim, result = model_classified(["claude-haiku-4-5=529x3"])
+    c = result.classification
+    assert c is not None
+    assert c.classifier == (
+        "local (fallback from model:claude-haiku-4-5: OverloadedError after 3 attempt(s))"
+    )
+    assert purposes(sim, "classify") == ["claude-haiku-4-5"] * 3
+    assert result.status == "succeeded"
+    assert result.totals.classifier_cost_usd == 0  # an HTTP error bills nothing
+
+
+def test_a_billed_classifier_failure_is_charged_and_the_local_classifier_answers() -> None:
+    _, result = model_classified(["claude-haiku-4-5=refusal"])
+    c = result.classification
+    assert c is not None and c.classifier.startswith("local (fallback from model:claude-haiku")
+    assert "refused" in c.classifier
+    assert c.cost_usd > 0 and result.totals.classifier_cost_usd == pytest.approx(c.cost_usd)
+    assert result.budgets.tokens_used > result.steps[0].usage.total
+
+
+def test_a_model_classifier_that_does_not_fit_the_budget_gives_way_to_the_local_one() -> None:
+    sim, result = model_classified([], max_token_budget=105)
+    c = result.classification
+    assert c is not None and c.classifier.startswith("local (fallback from model:claude-haiku")
+    assert "classification on claude-haiku-4-5 needs up to" in c.classifier
+    assert purposes(sim, "classify") == []
+    assert result.totals.classifier_cost_usd == 0
+
+
+def test_a_billed_planning_failure_is_charged_before_the_error() -> None:
+    sim = SimulatedProvider(time_scale=0.0, failures=FailurePlan.parse(["claude-opus-4-5=refusal"]))
+    e = engine(sim)
+    task = planning_task()
+    run = Run(e, task, "refused")
+    classification = asyncio.run(e.classify(task, materialize([]), run))
+    with pytest.raises(PlanningError, match="planning call to claude-opus-4-5 failed"):
+        asyncio.run(e.make_plan(task, classification, run))
+    assert run.classifier_usage.total > 0
+    assert run.budget.tokens_used == run.classifier_usage.total
+    opus = load_registry().get("claude-opus-4-5")
+    assert run.budget.cost_used_usd == pytest.approx(call_cost(opus, run.classifier_usage))
+    assert run.budget.report().steps_used == 0
+
+
+# --- pinned models are checked before anything runs ------------------------------------------
+
+
+def test_a_misspelled_pin_is_refused_before_anything_is_spent() -> None:
+    sim = SimulatedProvider(time_scale=0.0)
+    t = task({"a": [], "b": ["a"], "c": ["b"]})
+    assert t.plan is not None
+    t.plan.steps[2].model = "claude-sonet-4-5"
+    with pytest.raises(UnknownModelError) as info:
+        asyncio.run(engine(sim, classifier="model").run(t))
+    assert str(info.value).startswith(
+        "plan.steps.2.model: step c pins unknown model 'claude-sonet-4-5'"
+    )
+    assert info.value.exit_code == EXIT_BAD_INPUT
+    assert sim.calls == []  # neither the classifier nor a step was paid
+
+
+def test_a_pin_on_a_retired_model_is_refused_before_anything_runs() -> None:
+    sim = SimulatedProvider(time_scale=0.0)
+    t = task({"a": [], "b": ["a"]})
+    assert t.plan is not None
+    t.plan.steps[1].model = "claude-sonnet-4-5"
+    late = engine(sim)
+    late.cfg.today = date(2026, 12, 1)
+    with pytest.raises(PinnedModelError, match="step b pins claude-sonnet-4-5, which cannot"):
+        asyncio.run(late.run(t))
+    assert sim.calls == []
+
+
+# --- a run says it was simulated whenever a simulated provider was called --------------------
+
+
+def test_a_run_whose_steps_all_failed_still_says_it_was_simulated() -> None:
+    _, result = run_with(["claude-sonnet-4-5=refusal"])
+    assert result.status == "failed"
+    assert result.simulated
+    assert result.providers == {"claude-sonnet-4-5": "simulated"}
+
+
+def test_a_run_cut_short_by_its_deadline_still_says_it_was_simulated() -> None:
+    sim = SimulatedProvider(time_scale=1.0)
+    result = asyncio.run(engine(sim).run(task({"a": []}, timeoutSeconds=0.05)))
+    assert result.status == "failed" and result.stop_reason == "deadline"
+    assert result.simulated
+
+
+def test_a_run_on_a_live_provider_is_not_simulated() -> None:
+    result = asyncio.run(engine(FakeProvider()).run(task({"a": []})))
+    assert result.status == "succeeded" and result.providers == {"claude-haiku-4-5": "fake"}
+    assert not result.simulated
