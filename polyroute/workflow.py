@@ -169,6 +169,9 @@ class WorkflowState(WireModel):
     simulated: bool = False
     providers: dict[str, str] = Field(default_factory=dict)
     classifier_cost_usd: float = 0.0
+    classifier_usage: Usage = Field(
+        default_factory=Usage, description="What classification and planning used."
+    )
 
 
 class WaveItem(WireModel):
@@ -250,7 +253,19 @@ class Workflow:
         run.budget, _ = Budget.from_state(state.budget)
         run.deadline = run.budget.deadline
         run.classifier_cost = state.classifier_cost_usd
+        run.classifier_usage = state.classifier_usage
+        run.providers = dict(state.providers)
+        run.simulated = state.simulated
         return run
+
+    @staticmethod
+    def _keep_run(state: WorkflowState, run: Run) -> None:
+        """Carry what classification or planning spent and called in the state."""
+        state.budget = run.budget.to_state()
+        state.classifier_cost_usd = run.classifier_cost
+        state.classifier_usage = run.classifier_usage
+        state.providers = dict(run.providers)
+        state.simulated = run.simulated
 
     def _resolved_view(self, state: WorkflowState, task: Task, step: Step) -> AgentHandoff:
         """The step's handoff with its dependencies' spilled results read back."""
@@ -291,9 +306,10 @@ class Workflow:
         task = Task.model_validate(self.spiller.resolve(raw_task))
         task_id = task_id or task.task_id or uuid.uuid4().hex[:12]
         run = Run(self._engine, task, task_id)
-        classification = asyncio.run(
-            self._engine.classify(task, materialize(task.attachments), run)
-        )
+        mat = materialize(task.attachments)
+        # A given plan's pinned models are checked before the classifier is paid.
+        self._engine.check_pins(task, mat, run)
+        classification = asyncio.run(self._engine.classify(task, mat, run))
         state = WorkflowState(
             task_id=task_id,
             task=self.spiller.maybe_spill(task.to_wire(), "task"),
@@ -301,23 +317,27 @@ class Workflow:
             classification=classification,
             budget=run.budget.to_state(),
             handoff=run.handoff,
-            classifier_cost_usd=run.classifier_cost,
         )
+        self._keep_run(state, run)
         return {"state": self.dump_state(state)}
 
     def plan(self, event: dict[str, Any]) -> dict[str, Any]:
         """Plan the task (given, single step or the planning model) and validate the plan.
 
-        An invalid plan raises (``CycleError`` names the cycle), which the state machine
-        catches into a failed execution."""
+        An invalid plan or an unusable pinned model raises (``CycleError`` names the cycle),
+        as does planning that fails on every eligible model (``PlanningError``) or does not
+        fit the budget (``BudgetExceededError``): the state machine catches it into a failed
+        execution."""
         state = self.load_state(event["state"])
         task = self.task_of(state)
         run = self._run(task, state)
         assert state.classification is not None
-        plan = asyncio.run(self._engine.make_plan(task, state.classification, run))
+        images = 0
+        if task.plan is not None and any(s.model and s.use_attachments for s in task.plan.steps):
+            images = len(self._materialize(state, task).images)
+        plan = asyncio.run(self._engine.make_plan(task, state.classification, run, images))
         state.plan = plan
-        state.budget = run.budget.to_state()
-        state.classifier_cost_usd = run.classifier_cost
+        self._keep_run(state, run)
         state.handoff.remaining_steps = [s.id for s in plan.steps]
         state.steps = {s.id: StepRecord(result=pending_result(s)) for s in plan.steps}
         return {"state": self.dump_state(state)}
@@ -827,6 +847,7 @@ class Workflow:
             simulated=state.simulated,
             providers=state.providers,
             classifier_cost=state.classifier_cost_usd,
+            classifier_usage=state.classifier_usage,
             budgets=budget.report(),
             handoff=handoff,
             started=state.started_at,

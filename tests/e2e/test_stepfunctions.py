@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from polyroute.engine import Engine, EngineConfig
-from polyroute.errors import CycleError
+from polyroute.errors import BudgetExceededError, CycleError, UnknownModelError
 from polyroute.execute import RetryPolicy
 from polyroute.providers.base import ModelRequest, ModelResponse
 from polyroute.providers.simulated import FailurePlan, SimulatedProvider
@@ -285,3 +285,116 @@ def test_an_open_circuit_is_shared_through_dynamodb_and_routes_later_steps_aroun
     routed_around = [c for c in second.candidates if c.model == first.fallback_from]
     assert routed_around and "circuit open" in (routed_around[0].why_not or "")
     assert cfg.breaker.open_models() == frozenset()  # the local breaker was not the one used
+
+
+# --- classification and planning: retried, budgeted, falling back, as locally ----------------
+
+
+def planning_task(**constraints: object) -> Task:
+    task = load_task(EXAMPLES / "planning.json")
+    limits = task.constraints.model_copy(update=constraints)
+    return task.model_copy(update={"task_id": "planning", "constraints": limits})
+
+
+def both(
+    task: Task, failures: list[str] | None = None, classifier: str = "local"
+) -> tuple[RunResult, RunResult, SimulatedProvider, SimulatedProvider]:
+    """The task on Step Functions and on the local engine, each with its own simulated
+    provider (so each sees the injected failures from the start)."""
+    sims = [
+        SimulatedProvider(seed=0, time_scale=0.0, failures=FailurePlan.parse(failures or []))
+        for _ in range(2)
+    ]
+    cfgs = [config(provider=sim) for sim in sims]
+    for cfg in cfgs:
+        cfg.classifier = classifier
+    result = run_on_stepfunctions_local(task, cfgs[0])
+    local = asyncio.run(Engine(cfgs[1]).run(task))
+    return result, local, sims[0], sims[1]
+
+
+def plan_calls(sim: SimulatedProvider) -> list[str]:
+    return [c.model.id for c in sim.calls if c.purpose == "plan"]
+
+
+@pytest.mark.parametrize(
+    ("failures", "calls"),
+    [
+        (["claude-opus-4-5=529x1"], ["claude-opus-4-5"] * 2),
+        (["claude-opus-4-5=529x3"], ["claude-opus-4-5"] * 3 + ["claude-opus-5-5"]),
+    ],
+)
+def test_a_retried_or_failed_over_planning_call_plans_as_locally(
+    failures: list[str], calls: list[str]
+) -> None:
+    result, local, sfn_sim, local_sim = both(planning_task(), failures)
+    assert plan_calls(sfn_sim) == plan_calls(local_sim) == calls
+    assert result.status == local.status == "succeeded"
+    assert result.plan_source == local.plan_source == "planner"
+    assert steps_of(result) == steps_of(local)
+    assert result.totals.classifier_cost_usd == local.totals.classifier_cost_usd > 0
+    assert result.totals.cost_usd == local.totals.cost_usd
+    assert (result.totals.input_tokens, result.totals.output_tokens) == (
+        local.totals.input_tokens,
+        local.totals.output_tokens,
+    )
+    assert result.budgets == local.budgets
+    assert result.providers == local.providers and calls[-1] in result.providers
+
+
+def test_a_planner_that_does_not_fit_the_budget_fails_both_engines_alike() -> None:
+    task = planning_task(max_cost_usd=0.005)
+    with pytest.raises(BudgetExceededError) as on_sfn:
+        both(task)
+    with pytest.raises(BudgetExceededError) as locally:
+        asyncio.run(Engine(config()).run(task))
+    assert str(on_sfn.value) == str(locally.value)
+    assert str(on_sfn.value).startswith("planning on claude-opus-4-5 may cost $0.05")
+
+
+def test_a_budget_limited_planning_run_counts_the_planner_as_locally() -> None:
+    result, local, _, _ = both(planning_task(max_token_budget=5000))
+    assert result.stop_reason == local.stop_reason == "budget"
+    assert result.status == local.status == "partial"
+    assert steps_of(result) == steps_of(local)
+    assert result.budgets == local.budgets
+    steps_tokens = sum(s.usage.total for s in result.steps)
+    assert steps_tokens < result.budgets.tokens_used <= 5000  # the planning call counts
+
+
+def test_the_model_classifier_falls_back_to_the_local_one_as_locally() -> None:
+    task = load_task(EXAMPLES / "question.json")
+    result, local, _, _ = both(task, ["claude-haiku-4-5=529x3"], classifier="model")
+    assert result.classification == local.classification
+    assert result.classification is not None
+    assert result.classification.classifier.startswith(
+        "local (fallback from model:claude-haiku-4-5: OverloadedError after 3"
+    )
+    assert steps_of(result) == steps_of(local)
+    assert result.status == "succeeded"
+
+
+def test_a_misspelled_pin_fails_the_execution_before_any_model_is_called() -> None:
+    task = load_task(EXAMPLES / "code_review.json")
+    assert task.plan is not None
+    task.plan.steps[4].model = "claude-sonet-4-5"
+    sim = SimulatedProvider(seed=0, time_scale=0.0)
+    cfg = config(provider=sim)
+    cfg.classifier = "model"
+    with pytest.raises(UnknownModelError) as on_sfn:
+        run_on_stepfunctions_local(task, cfg)
+    assert sim.calls == []  # not even the classifier was paid
+    with pytest.raises(UnknownModelError) as locally:
+        asyncio.run(Engine(config()).run(task))
+    assert str(on_sfn.value) == str(locally.value)
+    assert str(on_sfn.value).startswith(
+        "plan.steps.4.model: step verdict pins unknown model 'claude-sonet-4-5'"
+    )
+
+
+def test_a_run_whose_every_step_failed_says_it_was_simulated_as_locally() -> None:
+    task = load_task(EXAMPLES / "question.json")
+    result, local, _, _ = both(task, ["claude-haiku-4-5=refusal"])
+    assert result.status == local.status == "failed"
+    assert result.simulated and local.simulated
+    assert result.providers == local.providers
