@@ -49,19 +49,41 @@ BREAKER_WRITERS = ("ModelExecutor",)
 SYNC_TIMEOUT_S = 25
 
 
-def apigw_schema(schema: dict[str, Any]) -> dict[str, Any]:
+def apigw_schema(schema: dict[str, Any], names: dict[str, Any] | None = None) -> dict[str, Any]:
     """A pydantic JSON Schema as API Gateway models take it (draft 4): ``$ref``s inlined,
-    numeric ``exclusiveMinimum`` as ``minimum`` with the draft-4 flag, ``const`` as enum."""
-    defs = schema.get("$defs", {})
+    numeric ``exclusiveMinimum`` as ``minimum`` with the draft-4 flag, ``const`` as enum.
 
-    def walk(node: Any) -> Any:
+    ``names`` is the same model's schema by field name (``by_alias=False``). With it, every
+    property is accepted under both spellings, at every level (``taskId`` and ``task_id``),
+    as the models' ``populate_by_name`` accepts them, while any other name is still refused;
+    a required property may come under either. The two schemas differ only in property names,
+    so they are walked side by side and a property's two names are paired by position."""
+    defs = schema.get("$defs", {})
+    name_defs = (names or {}).get("$defs", {})
+
+    def spellings(props: dict[str, Any], twin: dict[str, Any] | None) -> dict[str, str]:
+        """Each property's wire name -> its field name (the same when there is no twin)."""
+        if twin is None:
+            return {k: k for k in props}
+        twin_props = twin.get("properties", {})
+        if len(twin_props) != len(props):
+            raise ValueError(f"schemas differ: {sorted(props)} vs {sorted(twin_props)}")
+        return dict(zip(props, twin_props, strict=True))
+
+    def walk(node: Any, twin: Any) -> Any:
         if isinstance(node, list):
-            return [walk(n) for n in node]
+            twins = (
+                twin if isinstance(twin, list) and len(twin) == len(node) else [None] * len(node)
+            )
+            return [walk(n, t) for n, t in zip(node, twins, strict=True)]
         if not isinstance(node, dict):
             return node
+        twin = twin if isinstance(twin, dict) else None
         if "$ref" in node:
-            return walk(defs[node["$ref"].split("/")[-1]])
+            name = node["$ref"].split("/")[-1]
+            return walk(defs[name], name_defs.get(name) if twin is not None else None)
         out: dict[str, Any] = {}
+        renamed = spellings(node.get("properties", {}), twin)
         for key, value in node.items():
             if key in ("$defs", "examples", "discriminator"):
                 continue
@@ -72,14 +94,45 @@ def apigw_schema(schema: dict[str, Any]) -> dict[str, Any]:
             elif key == "const":
                 out["enum"] = [value]
             elif key == "properties":
-                out[key] = {k: walk(v) for k, v in value.items()}
+                twin_props = twin.get("properties", {}) if twin is not None else {}
+                props: dict[str, Any] = {}
+                for wire, sub in value.items():
+                    field = renamed[wire]
+                    props[wire] = walk(sub, twin_props.get(field))
+                    if field != wire:
+                        props[field] = walk(sub, twin_props.get(field))
+                out[key] = props
+            elif key == "required":
+                out[key] = [k for k in value if renamed.get(k, k) == k]
+                either = [
+                    {"anyOf": [{"required": [k]}, {"required": [renamed[k]]}]}
+                    for k in value
+                    if renamed.get(k, k) != k
+                ]
+                if either:
+                    out["allOf"] = [*out.get("allOf", []), *either]
+                if not out[key]:
+                    del out[key]
+            elif key == "allOf":
+                out[key] = [
+                    *walk(value, twin.get(key) if twin is not None else None),
+                    *out.get(key, []),
+                ]
             else:
-                out[key] = walk(value)
+                out[key] = walk(value, twin.get(key) if twin is not None else None)
         return out
 
-    result: dict[str, Any] = walk(schema)
+    result: dict[str, Any] = walk(schema, names)
     result["$schema"] = "http://json-schema.org/draft-04/schema#"
     return result
+
+
+def task_request_model() -> dict[str, Any]:
+    """The API's request model for ``POST /v1/tasks``: ``Task`` in both spellings, as
+    ``polyroute serve`` accepts it (a client written against one works against the other)."""
+    return apigw_schema(
+        Task.model_json_schema(by_alias=True), Task.model_json_schema(by_alias=False)
+    )
 
 
 class PolyrouteStack(Stack):
@@ -405,7 +458,7 @@ class PolyrouteStack(Stack):
             description="polyroute.schema.Task",
             schema=apigw.JsonSchema(type=apigw.JsonSchemaType.OBJECT),
         )
-        schema = apigw_schema(Task.model_json_schema(by_alias=True))
+        schema = task_request_model()
         model.node.default_child.add_property_override("Schema", schema)  # type: ignore[union-attr]
         validate_body = api.add_request_validator(
             "ValidateTask", validate_request_body=True, validate_request_parameters=True

@@ -23,7 +23,10 @@ Semantics pinned here, beyond the status codes in polyroute/api.py:
 - ``Idempotency-Key``: the same key and body answer the first task (202 with the same id
   for async; 200 with the first result, not a new run, for sync); the same key with another
   body gets 422 (field Idempotency-Key);
-- every error body is an ``ApiError`` ``{"error": str, "field": str | null}``.
+- every error body is an ``ApiError`` ``{"error": str, "field": str | null}``;
+- a body may spell its fields in camelCase or snake_case, at every level (``taskId`` or
+  ``task_id``, ``dependsOn`` or ``depends_on``), and a client may mix them; unknown fields in
+  either spelling are refused.
 """
 
 from __future__ import annotations
@@ -234,6 +237,40 @@ def _cyclic() -> dict[str, Any]:
     }
 
 
+def snake_planned(task_id: str) -> dict[str, Any]:
+    """A two-step plan over an inline document, every field in snake_case, at every level."""
+    return {
+        "task_id": task_id,
+        "description": "Summarise the attached report, then list its risks.",
+        "attachments": [
+            {
+                "kind": "document",
+                "data": REPORT_TEXT,
+                "name": "report.txt",
+                "media_type": "text/plain",
+            }
+        ],
+        "constraints": {"max_steps": 4, "max_cost_usd": 1.0, "timeout_seconds": 120},
+        "plan": {
+            "steps": [
+                {
+                    "id": "summary",
+                    "type": "summarization",
+                    "use_attachments": True,
+                    "max_output_tokens": 400,
+                    "description": "Summarise the report.",
+                },
+                {
+                    "id": "risks",
+                    "type": "extraction",
+                    "depends_on": ["summary"],
+                    "description": "List the risks named in the summary.",
+                },
+            ]
+        },
+    }
+
+
 def _result_started(body: Any) -> Any:
     return body["result"]["startedAt"]
 
@@ -359,6 +396,80 @@ def cases() -> list[Case]:
             ],
         ),
         Case(
+            "sync task in snake_case",
+            "POST",
+            "/v1/tasks",
+            200,
+            body={
+                "description": "hello there",
+                "task_id": f"{task}-snake1",
+                "constraints": {"max_steps": 3},
+            },
+            checks=[finished_task(steps=1), has({"taskId": f"{task}-snake1"})],
+        ),
+        Case(
+            "async task in snake_case at every level",
+            "POST",
+            "/v1/tasks?async=true",
+            202,
+            body=snake_planned(f"{task}-snake2"),
+            checks=[accepted("snake_id", f"{task}-snake2")],
+        ),
+        Case(
+            "poll the snake_case task",
+            "GET",
+            "/v1/tasks/{snake_id}",
+            200,
+            poll_until_done=True,
+            checks=[
+                finished_task("snake_id", steps=2),
+                lambda b, h, c: _check_budgets(b, max_steps=4, max_cost_usd=1.0),
+            ],
+        ),
+        Case(
+            "both spellings mixed",
+            "POST",
+            "/v1/tasks",
+            200,
+            body={
+                "description": "hello again",
+                "taskId": f"{task}-mixed",
+                "constraints": {"max_steps": 3, "maxCostUsd": 1.0},
+            },
+            checks=[
+                finished_task(steps=1),
+                has({"taskId": f"{task}-mixed"}),
+                lambda b, h, c: _check_budgets(b, max_steps=3, max_cost_usd=1.0),
+            ],
+        ),
+        Case(
+            "unknown snake_case field, nested",
+            "POST",
+            "/v1/tasks",
+            400,
+            body={"description": "x", "constraints": {"max_stepz": 3}},
+            checks=[is_api_error("constraints.max_stepz")],
+        ),
+        Case(
+            "unknown snake_case field in a plan step",
+            "POST",
+            "/v1/tasks",
+            400,
+            body={
+                "description": "x",
+                "plan": {"steps": [{"id": "a", "description": "a", "depends_onn": []}]},
+            },
+            checks=[is_api_error("plan.steps.0.depends_onn")],
+        ),
+        Case(
+            "one field in both spellings",
+            "POST",
+            "/v1/tasks",
+            400,
+            body={"description": "x", "taskId": f"{task}-twice", "task_id": f"{task}-twice"},
+            checks=[is_api_error("task_id")],
+        ),
+        Case(
             "unknown id",
             "GET",
             f"/v1/tasks/{task}-nope",
@@ -448,6 +559,12 @@ def cases() -> list[Case]:
             local_only=True,
         ),
     ]
+
+
+def _check_budgets(body: Any, *, max_steps: int, max_cost_usd: float) -> None:
+    budgets = body["result"]["budgets"]
+    assert budgets["maxSteps"] == max_steps, budgets
+    assert budgets["maxCostUsd"] == max_cost_usd, budgets
 
 
 def _check_waves(body: Any) -> None:

@@ -1,7 +1,9 @@
 """The shared request set against the deployed path, under moto: each request becomes an API
 Gateway REST proxy event for the real ``lambdas/api.py`` handler, whose Step Functions client
 runs the real orchestrator ASL on moto's interpreter (every Lambda task in-process, statuses
-and spills in moto S3, the simulated provider at a tiny time scale)."""
+and spills in moto S3, the simulated provider at a tiny time scale). moto does not apply API
+Gateway's request validator, so every POST body is also checked against the stack's request
+model (``gateway.py``): it must pass every body the function accepts."""
 
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ from polyroute.registry import load_registry
 from polyroute.routing import load_policy
 from polyroute.sfn_local import LocalStepFunctions, _Context, runtime_module
 
+from .gateway import GatewayModel
 from .request_set import Send, cases, run_request_set
 
 pytest.importorskip("moto")
@@ -138,8 +141,29 @@ def test_request_set_passes_against_api_gateway_and_step_functions(
     deployed: tuple[Send, SyncStepFunctions],
 ) -> None:
     send, sfn = deployed
-    outcomes = run_request_set(send, local_only=False)
+    gateway = GatewayModel()
+    seen: list[tuple[str, str | None, int]] = []  # (body, API Gateway's refusal, the answer)
+
+    def through_gateway(
+        method: str, path: str, headers: Mapping[str, str], body: bytes | None
+    ) -> tuple[int, Mapping[str, str], Any]:
+        status, answer_headers, answer = send(method, path, headers, body)
+        if method == "POST" and urlsplit(path).path == TASKS:
+            shown = (body or b"")[:200].decode("utf-8", "replace")
+            seen.append((shown, gateway.refusal(body), status))
+        return status, answer_headers, answer
+
+    outcomes = run_request_set(through_gateway, local_only=False)
     assert [o.case.name for o in outcomes] == [c.name for c in cases() if not c.local_only]
+    # API Gateway lets through every body the function accepts (snake_case too), and what it
+    # refuses the function would refuse as well: the two never disagree on a 2xx.
+    for body, refusal, status in seen:
+        if status in (200, 202):
+            assert refusal is None, f"API Gateway would answer 400 to {body}: {refusal}"
+        if refusal is not None:
+            assert status == 400, f"the function answered {status} to {body}"
+    assert any("task_id" in body and refusal is None for body, refusal, _ in seen)
+    assert any("max_stepz" in body and refusal is not None for body, refusal, _ in seen)
     # Each task the API answered for ran exactly once: retries with an Idempotency-Key were
     # answered from the first task, not started (and paid for) again.
     answered = {

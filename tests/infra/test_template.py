@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, get_args
 
+import pytest
 from aws_cdk.assertions import Match
+from pydantic import BaseModel
 
 from infra.asl import load, placeholders
-from infra.stack import ROLES
+from infra.stack import ROLES, apigw_schema, task_request_model
+from polyroute.schema import Task
 
 ROLE_HANDLERS = {f"{module}.handler" for module, _, _ in ROLES.values()}
 
@@ -217,3 +220,155 @@ def test_the_shared_breaker_table_is_read_by_routing_and_written_only_by_the_exe
         "RouterFunction",
         "ModelExecutorFunction",
     }
+
+
+# --- the API's request model: both spellings, as `polyroute serve` accepts them ----------------
+
+
+def task_model_schema(template: Any) -> dict[str, Any]:
+    models = resources(template, "AWS::ApiGateway::Model")
+    task = next(m for m in models.values() if m["Properties"].get("Name") == "Task")
+    schema: dict[str, Any] = task["Properties"]["Schema"]
+    return schema
+
+
+def nested_models(annotation: Any) -> list[type[BaseModel]]:
+    """The pydantic models inside a field's type (``list[Step]``, ``Plan | None``, …)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [m for arg in get_args(annotation) for m in nested_models(arg)]
+
+
+def object_schemas(node: Any) -> list[dict[str, Any]]:
+    """The object schemas a property's schema allows (through ``anyOf`` and ``items``)."""
+    if not isinstance(node, dict):
+        return []
+    if "properties" in node:
+        return [node]
+    found = [s for branch in node.get("anyOf", []) for s in object_schemas(branch)]
+    return found + object_schemas(node.get("items"))
+
+
+def test_the_api_model_lists_both_spellings_of_every_property_at_every_level(
+    synthesized: Any,
+) -> None:
+    _, _, template = synthesized
+    schema = task_model_schema(template)
+    # CloudFormation drops null values (the schema's ``"default": null``), nothing else.
+    assert schema == without_nulls(task_request_model())
+    checked: list[str] = []
+
+    def check(model: type[BaseModel], node: dict[str, Any], where: str) -> None:
+        assert node["additionalProperties"] is False, where  # unknown fields still refused
+        props = node["properties"]
+        expected = set()
+        for name, info in model.model_fields.items():
+            alias = info.alias or name
+            expected |= {name, alias}
+            assert name in props and alias in props, f"{where}: {alias} / {name}"
+            assert props[name] == props[alias], f"{where}.{name}: the two spellings differ"
+            for inner in nested_models(info.annotation):
+                (sub,) = object_schemas(props[alias])
+                check(inner, sub, f"{where}.{alias}")
+        assert set(props) == expected, f"{where}: {sorted(set(props) - expected)}"
+        checked.append(model.__name__)
+
+    check(Task, schema, "Task")
+    assert sorted(set(checked)) == ["Attachment", "Constraints", "Plan", "Step", "Task"]
+    assert {"task_id", "max_steps", "depends_on", "use_attachments", "media_type"} <= {
+        k for node in _all_objects(schema) for k in node["properties"]
+    }
+
+
+def without_nulls(node: Any) -> Any:
+    if isinstance(node, dict):
+        return {k: without_nulls(v) for k, v in node.items() if v is not None}
+    if isinstance(node, list):
+        return [without_nulls(v) for v in node]
+    return node
+
+
+def _all_objects(node: Any) -> list[dict[str, Any]]:
+    if isinstance(node, list):
+        return [o for n in node for o in _all_objects(n)]
+    if not isinstance(node, dict):
+        return []
+    own = [node] if "properties" in node else []
+    return own + [o for v in node.values() for o in _all_objects(v)]
+
+
+SNAKE_STEPS = [
+    {"id": "a", "description": "first", "use_attachments": True, "max_output_tokens": 50},
+    {"id": "b", "description": "second", "depends_on": ["a"]},
+]
+
+
+@pytest.mark.parametrize(
+    ("body", "accepted"),
+    [
+        ({"description": "hi there", "task_id": "snake1", "constraints": {"max_steps": 3}}, True),
+        ({"description": "hello", "taskId": "camel1", "constraints": {"maxSteps": 3}}, True),
+        ({"description": "mixed", "taskId": "m", "constraints": {"max_cost_usd": 1.0}}, True),
+        (
+            {
+                "description": "every level",
+                "attachments": [{"kind": "document", "data": "text", "media_type": "text/plain"}],
+                "constraints": {"max_token_budget": 900, "timeout_seconds": 60},
+                "plan": {"steps": SNAKE_STEPS},
+            },
+            True,
+        ),
+        ({"description": "x", "colour": "blue"}, False),
+        ({"description": "x", "task_idd": "t"}, False),
+        ({"description": "x", "constraints": {"max_stepz": 3}}, False),
+        ({"description": "x", "constraints": {"max_steps": 0}}, False),
+        ({"description": "x", "constraints": {"max_cost_usd": 0}}, False),
+        ({"description": "x", "plan": {"steps": [{"id": "a", "description": "a", "depends": []}]}},
+         False),
+        ({"description": "x", "attachments": [{"kind": "image", "data": "e", "mime": "x"}]}, False),
+        ({"task_id": "no description"}, False),
+    ],
+)  # fmt: skip
+def test_the_api_model_admits_what_serve_accepts_and_refuses_unknown_fields(
+    synthesized: Any, body: dict[str, Any], accepted: bool
+) -> None:
+    from polyroute.api import Refused, accept_task
+    from polyroute.registry import load_registry
+
+    from ..contract.gateway import draft4
+
+    _, _, template = synthesized
+    errors = [e.message for e in draft4(task_model_schema(template)).iter_errors(body)]
+    assert (not errors) is accepted, errors
+    try:
+        accept_task(body, load_registry())
+        serve_accepts = True
+    except Refused:
+        serve_accepts = False
+    assert serve_accepts is accepted  # the deployed API and `polyroute serve` agree
+
+
+def test_a_required_property_may_come_in_either_spelling() -> None:
+    from polyroute.schema import WireModel
+
+    from ..contract.gateway import draft4
+
+    class Inner(WireModel):
+        step_count: int
+
+    class Outer(WireModel):
+        inner_part: Inner
+        note: str | None = None
+
+    schema = apigw_schema(
+        Outer.model_json_schema(by_alias=True), Outer.model_json_schema(by_alias=False)
+    )
+    validator = draft4(schema)
+
+    def ok(body: dict[str, Any]) -> bool:
+        return not list(validator.iter_errors(body))
+
+    assert ok({"innerPart": {"stepCount": 1}}) and ok({"inner_part": {"step_count": 1}})
+    assert ok({"inner_part": {"stepCount": 1}, "note": "n"})
+    assert not ok({}) and not ok({"innerPart": {}}) and not ok({"innerPart": {"steps": 1}})
+    assert not ok({"innerPart": {"stepCount": 1}, "notes": "n"})
