@@ -133,7 +133,7 @@ class TaskService:
             fingerprint = request_fingerprint(data)
         except UnicodeEncodeError:
             raise Refused(400, "body holds an unpaired surrogate escape, not Unicode") from None
-        task = accept_task(data, self.engine.cfg.registry)
+        task = accept_task(data, self.engine.cfg.registry, self.engine.cfg.today)
         return task, fingerprint
 
     @staticmethod

@@ -290,3 +290,22 @@ def test_method_not_allowed_is_json_with_allow(server: LocalServer) -> None:
     status, headers, body = http_send(server.url)("DELETE", "/v1/tasks/x", {}, None)
     assert status == 405 and body == {"error": "method not allowed", "field": None}
     assert "GET" in headers.get("allow", "")
+
+
+def test_serve_on_a_date_checks_pins_against_that_date(tmp_path: Path) -> None:
+    """``serve --on`` routes as on a date; a pin is checked on that date too, so a model
+    retired by then is a 400 naming the field, not a failed run."""
+    body = {
+        "description": "review it",
+        "plan": {"steps": [{"id": "s", "description": "review", "model": "claude-sonnet-4-5"}]},
+    }
+    options = ("--time-scale", "0.001", "--on", "2026-12-01")
+    with LocalServer(tmp_path / "later", options=options) as later:
+        status, _, answer = post(later.url, body)
+    assert status == 400
+    assert answer["field"] == "plan.steps.0.model" and "retired" in answer["error"]
+    with LocalServer(
+        tmp_path / "before", options=("--time-scale", "0.001", "--on", "2026-11-27")
+    ) as before:
+        status, _, answer = post(before.url, body)
+    assert status == 200, answer
