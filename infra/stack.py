@@ -27,9 +27,11 @@ from polyroute.schema import Task
 
 # Role -> (handler module, memory MB, timeout s). The names match the ASL's placeholders:
 # the ``Classifier`` role is ``ClassifierFunction`` and ``${ClassifierFunctionArn}``.
+# The classifier and the planner retry and fall back in-process (the executor leaves that
+# to the state machine), so their timeouts leave room for a few model calls.
 ROLES: dict[str, tuple[str, int, int]] = {
-    "Classifier": ("classifier", 512, 60),
-    "Planner": ("planner", 512, 120),
+    "Classifier": ("classifier", 512, 120),
+    "Planner": ("planner", 512, 300),
     "Scheduler": ("scheduler", 1024, 60),
     "Router": ("router", 512, 60),
     "Compressor": ("compressor", 1024, 60),
@@ -42,10 +44,10 @@ DEFINITION_SUBSTITUTIONS = (
     "BucketName",
 )
 MODEL_PROVIDERS = ("anthropic", "openai")
-# Roles that read the shared circuit breaker (routing around open models), and the one that
-# also records failures and successes.
+# Roles that read the shared circuit breaker (routing around open models), and the ones
+# that call models and so also record their failures and successes.
 BREAKER_READERS = ("Scheduler", "Router")
-BREAKER_WRITERS = ("ModelExecutor",)
+BREAKER_WRITERS = ("Classifier", "Planner", "ModelExecutor")
 SYNC_TIMEOUT_S = 25
 
 

@@ -203,12 +203,9 @@ def test_the_shared_breaker_table_is_read_by_routing_and_written_only_by_the_exe
             if action in json.dumps(p["Properties"]["PolicyDocument"])
         }
 
-    assert roles_with("dynamodb:Query") == {
-        "SchedulerFunction",
-        "RouterFunction",
-        "ModelExecutorFunction",
-    }
-    assert roles_with("dynamodb:UpdateItem") == {"ModelExecutorFunction"}
+    callers = {"ClassifierFunction", "PlannerFunction", "ModelExecutorFunction"}
+    assert roles_with("dynamodb:Query") == {"SchedulerFunction", "RouterFunction", *callers}
+    assert roles_with("dynamodb:UpdateItem") == callers
     functions = resources(template, "AWS::Lambda::Function")
     with_table = {
         name
@@ -218,7 +215,7 @@ def test_the_shared_breaker_table_is_read_by_routing_and_written_only_by_the_exe
     assert {name.rstrip("0123456789ABCDEF") for name in with_table} == {
         "SchedulerFunction",
         "RouterFunction",
-        "ModelExecutorFunction",
+        *callers,
     }
 
 
