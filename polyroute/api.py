@@ -176,6 +176,17 @@ def for_express(task: Task, now: datetime) -> Task:
     return task.model_copy(update={"constraints": constraints})
 
 
+def for_express_later(task: Task) -> Task:
+    """The task as a batch sends it to an Express child execution that starts later, at a
+    time not known now: ``timeoutSeconds`` (counted from the run's own start) is cut to
+    ``EXPRESS_LIMIT_S``, with the same effect as ``for_express``."""
+    own = task.constraints.timeout_seconds
+    if own is not None and own <= EXPRESS_LIMIT_S:
+        return task
+    constraints = task.constraints.model_copy(update={"timeout_seconds": float(EXPRESS_LIMIT_S)})
+    return task.model_copy(update={"constraints": constraints})
+
+
 def timed_out_on_express(status: TaskStatus, now: datetime) -> TaskStatus | None:
     """The failed status of an Express run still recorded ``running`` well past Express's
     limit (Step Functions stopped it, so neither Finalize nor RecordFailure ran), or None

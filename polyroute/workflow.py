@@ -1153,12 +1153,22 @@ def parse_batch_lines(text: str, stem: str) -> tuple[list[tuple[int, str, Task]]
 def prepare_batch(
     s3: Any, spiller: Spiller, bucket: str, key: str, max_concurrency: int = 10
 ) -> PreparedBatch:
-    """Read a JSONL batch, validate each line, write the Map's items file (JSON array)."""
+    """Read a JSONL batch, validate each line, write the Map's items file (JSON array).
+
+    Each line runs as an Express child execution, so its task gets at most
+    ``EXPRESS_LIMIT_S`` from its own start (``for_express_later``): a long line ends
+    ``partial`` and is recorded, rather than being stopped at 5 minutes with nothing written."""
+    from polyroute.api import for_express_later
+
     text = s3.get_object(Bucket=bucket, Key=key)["Body"].read().decode("utf-8", "replace")
     name = batch_name(key)
     valid, invalid = parse_batch_lines(text, name)
     items = [
-        BatchItem(line=n, task_id=tid, task=spiller.maybe_spill(task.to_wire(), "task")).to_wire()
+        BatchItem(
+            line=n,
+            task_id=tid,
+            task=spiller.maybe_spill(for_express_later(task).to_wire(), "task"),
+        ).to_wire()
         for n, tid, task in valid
     ]
     items_key = f"{BATCH_WORK_PREFIX}{name}/items.json"

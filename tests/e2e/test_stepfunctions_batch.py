@@ -11,6 +11,7 @@ import json
 import pytest
 
 from infra.asl import batch_definition, definition_text
+from polyroute.api import EXPRESS_LIMIT_S
 from polyroute.sfn_local import BUCKET, LocalStepFunctions
 
 from .test_stepfunctions import config
@@ -51,6 +52,9 @@ def test_a_batch_of_20_tasks_runs_each_line_and_writes_results_and_a_summary() -
                 "Body"
             ].read()
         )
+        items = json.loads(
+            local.s3.get_object(Bucket=BUCKET, Key="batch-work/nightly/items.json")["Body"].read()
+        )
     by_line = {r["line"]: r for r in records}
     assert len(records) == 22
     assert summary["tasks"] == 22
@@ -59,5 +63,8 @@ def test_a_batch_of_20_tasks_runs_each_line_and_writes_results_and_a_summary() -
     assert "cycle: a -> b -> a" in by_line[11]["error"]
     ok = [r for r in records if r["status"] == "succeeded"]
     assert all(r["result"]["steps"][0]["model"] for r in ok)
+    # Each line runs as an Express child: at most EXPRESS_LIMIT_S from its own start.
+    assert {i["task"]["constraints"]["timeoutSeconds"] for i in items} == {EXPRESS_LIMIT_S}
+    assert all(r["result"]["budgets"]["deadline"] for r in ok)
     assert summary["costUsd"] == pytest.approx(sum(r["costUsd"] for r in records))
     assert [r["line"] for r in records] == sorted(by_line)

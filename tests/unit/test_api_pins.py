@@ -53,3 +53,15 @@ def test_an_unusable_pin_is_a_400_naming_the_step_and_its_model_field(
 def test_a_usable_pin_is_accepted() -> None:
     task = accept_task(body("claude-sonnet-4-5"), load_registry(), date(2026, 11, 27))
     assert task.plan is not None and task.plan.steps[1].model == "claude-sonnet-4-5"
+
+
+def test_a_batch_line_gets_at_most_the_express_limit_from_its_own_start() -> None:
+    from polyroute.api import EXPRESS_LIMIT_S, for_express_later
+    from polyroute.schema import Task
+
+    long = Task.model_validate({"description": "x"})
+    assert for_express_later(long).constraints.timeout_seconds == EXPRESS_LIMIT_S
+    own = Task.model_validate({"description": "x", "constraints": {"timeoutSeconds": 30}})
+    assert for_express_later(own) is own
+    longer = Task.model_validate({"description": "x", "constraints": {"timeoutSeconds": 900}})
+    assert for_express_later(longer).constraints.timeout_seconds == EXPRESS_LIMIT_S
