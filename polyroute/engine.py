@@ -9,6 +9,8 @@ dependants and lets independent branches finish.
 from __future__ import annotations
 
 import asyncio
+import functools
+import logging
 import math
 import random
 import time
@@ -72,6 +74,8 @@ from polyroute.schema import (
 )
 from polyroute.taskfile import Materialized, materialize
 from polyroute.tokens import IMAGE_TOKENS_DEFAULT, estimate_tokens
+
+logger = logging.getLogger(__name__)
 
 STEP_SYSTEM = (
     "You are one agent in a multi-model pipeline. Do only your step, using the task, the "
@@ -552,20 +556,16 @@ class Engine:
     ) -> ProviderError | None:
         """One model, with retries. None on success; the error when it should fall back."""
         step, res = state.step, state.result
-        packed = pack_step(
-            self.router,
-            self.cfg.policy,
-            self.step_handoff(run, step),
-            step,
-            spec,
-            docs,
-            image_tokens,
-            frozenset(run.task.context),
+        view = self.step_handoff(run, step)
+        shared = frozenset(run.task.context)
+        pack = functools.partial(
+            pack_step, self.router, self.cfg.policy, view, step, spec, docs, image_tokens, shared
         )
+        provider = self.cfg.provider_for(spec)
+        packed = await fit_exactly(provider, spec, step, self.cfg.policy, pack(), pack, images)
         reservation = run.budget.reserve(
             step.id, packed.reserve_tokens, packed.worst_cost_usd, self.cfg.clock()
         )
-        provider = self.cfg.provider_for(spec)
         run.providers[spec.id] = provider.name
         req = model_request(spec, step, packed.input, images, packed.out_tokens, self.cfg.seed)
         try:
@@ -790,14 +790,66 @@ def pack_step(
     docs: list[Document],
     image_tokens: int,
     shared: frozenset[str] = frozenset(),
+    budget_tokens: int | None = None,
 ) -> PackedStep:
-    """Compress the step's input to the model's window and price its worst case."""
-    budget_tokens = router.window_tokens(spec) - image_tokens - SYSTEM_TOKENS
+    """Compress the step's input to the model's window (or to ``budget_tokens``, in the
+    estimator's units) and price its worst case."""
+    if budget_tokens is None:
+        budget_tokens = router.window_tokens(spec) - image_tokens - SYSTEM_TOKENS
     packed = compress(view, step, budget_tokens, docs, shared)
     out_tokens = min(step.max_output_tokens or policy.default_output_tokens, spec.max_output_tokens)
     billed_in = round((packed.tokens + image_tokens + SYSTEM_TOKENS) * spec.token_factor)
     worst = call_cost(spec, Usage(input_tokens=billed_in, output_tokens=out_tokens))
     return PackedStep(packed, billed_in, out_tokens, worst)
+
+
+async def fit_exactly(
+    provider: Provider,
+    spec: ModelSpec,
+    step: Step,
+    policy: Policy,
+    packed: PackedStep,
+    pack: Callable[..., PackedStep],
+    images: tuple[ImageInput, ...],
+) -> PackedStep:
+    """When the estimate made compression cut a step's input, ask the provider's count
+    endpoint (free; Anthropic's) for the exact figure, and keep more of the input if it fits.
+
+    The estimator errs high on purpose (it must never undercount), so an input it puts just
+    over the window share often fits: counted exactly, the whole input is sent when it is
+    within the share; otherwise it is cut again to a budget scaled by the measured ratio and
+    counted once more. A failure to count keeps the estimate's packing."""
+    count = getattr(provider, "count_tokens", None)
+    if count is None or not packed.input.compressed:
+        return packed
+    limit = math.floor(spec.context_window * policy.window_use)
+
+    async def exact_tokens(candidate: PackedStep) -> int | None:
+        req = model_request(spec, step, candidate.input, images, candidate.out_tokens, 0)
+        try:
+            return int(await count(req))
+        except Exception as exc:  # counting only refines the estimate: never fail a step on it
+            logger.warning("exact token count for %s on %s failed: %s", spec.id, step.id, exc)
+            return None
+
+    def priced(candidate: PackedStep, exact: int) -> PackedStep:
+        worst = call_cost(spec, Usage(input_tokens=exact, output_tokens=candidate.out_tokens))
+        return PackedStep(candidate.input, exact, candidate.out_tokens, worst)
+
+    whole = pack(budget_tokens=packed.input.full_tokens)
+    exact = await exact_tokens(whole)
+    if exact is None:
+        return packed
+    if exact <= limit:
+        return priced(whole, exact)
+    # Scale the estimator's budget by how far it overcounted this input, then check.
+    scale = whole.billed_in / exact
+    budget = math.floor(packed.input.budget * min(scale, 2.0))
+    if budget <= packed.input.budget:
+        return packed
+    more = pack(budget_tokens=budget)
+    exact = await exact_tokens(more)
+    return priced(more, exact) if exact is not None and exact <= limit else packed
 
 
 def model_request(

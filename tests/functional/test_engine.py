@@ -25,6 +25,7 @@ from polyroute.registry import load_registry
 from polyroute.routing import load_policy
 from polyroute.schema import RunResult, Task, Usage
 from polyroute.taskfile import load_task, materialize
+from polyroute.tokens import estimate_tokens
 
 from ..conftest import EXAMPLES
 
@@ -559,3 +560,87 @@ def test_a_run_on_a_live_provider_is_not_simulated() -> None:
     result = asyncio.run(engine(FakeProvider()).run(task({"a": []})))
     assert result.status == "succeeded" and result.providers == {"claude-haiku-4-5": "fake"}
     assert not result.simulated
+
+
+class Counting(FakeProvider):
+    """A provider with a count endpoint whose figure is ``ratio`` times our estimate."""
+
+    def __init__(self, ratio: float, fail: bool = False) -> None:
+        super().__init__()
+        self.ratio = ratio
+        self.fail = fail
+        self.counted: list[int] = []
+
+    async def count_tokens(self, req: ModelRequest) -> int:
+        if self.fail:
+            raise InvalidRequestError("count endpoint unavailable")
+        n = round(self.ratio * estimate_tokens(f"{req.system}\n{req.prefix}\n{req.prompt}"))
+        self.counted.append(n)
+        return n
+
+
+def document_task(limit_share: float) -> tuple[Task, str]:
+    """A task whose document is ``limit_share`` of gpt-4o-mini's window share, by estimate,
+    pinned to that model; and the document."""
+    limit = load_registry().get("gpt-4o-mini").context_window * load_policy().window_use
+    words = [f"w{i % 997}x{i % 13}" for i in range(200)]
+    sentences, tokens = [], 0
+    while tokens < limit * limit_share:
+        sentence = " ".join(words[(len(sentences) * 7 + k) % 200] for k in range(20)) + "."
+        sentences.append(sentence)
+        tokens += estimate_tokens(sentence) + 1
+    text = "\n".join(sentences)
+    task = Task.model_validate(
+        {
+            "description": "Summarise the document.",
+            "attachments": [{"kind": "document", "data": text, "name": "doc.txt"}],
+            "plan": {
+                "steps": [
+                    {
+                        "id": "s",
+                        "description": "Summarise the document",
+                        "type": "summarization",
+                        "model": "gpt-4o-mini",
+                        "useAttachments": True,
+                    }
+                ]
+            },
+        }
+    )
+    return task, text
+
+
+def test_an_input_the_estimate_cuts_is_sent_whole_when_the_exact_count_fits() -> None:
+    task, text = document_task(1.08)
+    counting = Counting(ratio=0.85)
+    result = asyncio.run(engine(counting).run(task))
+    assert result.steps[0].status == "succeeded"
+    assert len(counting.counted) == 1
+    assert text in counting.prompts["s"]  # nothing was cut
+    limit = load_registry().get("gpt-4o-mini").context_window * load_policy().window_use
+    assert counting.counted[0] <= limit
+
+
+def test_an_exact_count_over_the_window_keeps_the_cut_and_a_failed_count_changes_nothing() -> None:
+    task, text = document_task(1.08)
+    plain = FakeProvider()
+    asyncio.run(engine(plain).run(task))
+    assert text not in plain.prompts["s"]  # the estimate cut it
+    over = Counting(ratio=1.3)
+    asyncio.run(engine(over).run(task))
+    assert over.prompts["s"] == plain.prompts["s"] and len(over.counted) == 1
+    broken = Counting(ratio=0.85, fail=True)
+    asyncio.run(engine(broken).run(task))
+    assert broken.prompts["s"] == plain.prompts["s"]
+
+
+def test_a_scaled_cut_keeps_more_when_the_whole_input_does_not_fit() -> None:
+    task, _ = document_task(1.3)
+    plain = FakeProvider()
+    asyncio.run(engine(plain).run(task))
+    counting = Counting(ratio=0.9)
+    asyncio.run(engine(counting).run(task))
+    assert len(counting.counted) == 2  # the whole input, then the scaled cut
+    limit = load_registry().get("gpt-4o-mini").context_window * load_policy().window_use
+    assert counting.counted[1] <= limit
+    assert len(counting.prompts["s"]) > len(plain.prompts["s"])
