@@ -534,7 +534,7 @@ class Engine:
                     continue
                 res.fallback_from = res.fallback_from or decision.model
                 res.reason = fallback_reason(decision, chain[0], last_error)
-            done = await self._call_model(run, state, spec, docs, images, image_tokens)
+            done = await self._call_model(run, state, spec, view, docs, images, image_tokens)
             if done is None:
                 return
             last_error = done
@@ -550,13 +550,13 @@ class Engine:
         run: Run,
         state: _StepState,
         spec: ModelSpec,
+        view: AgentHandoff,
         docs: list[Document],
         images: tuple[ImageInput, ...],
         image_tokens: int,
     ) -> ProviderError | None:
         """One model, with retries. None on success; the error when it should fall back."""
         step, res = state.step, state.result
-        view = self.step_handoff(run, step)
         shared = frozenset(run.task.context)
         pack = functools.partial(
             pack_step, self.router, self.cfg.policy, view, step, spec, docs, image_tokens, shared
@@ -645,7 +645,8 @@ def step_view(
 ) -> AgentHandoff:
     """The handoff a step receives: its dependencies' results, the task's own facts and
     the facts of its nearest ancestors, never the whole history."""
-    done = {c.agent_id: c for c in handoff.completed_steps}
+    wanted = set(step.depends_on)
+    done = {c.agent_id: c for c in handoff.completed_steps if c.agent_id in wanted}
     facts = {k: handoff.current_context[k] for k in task.context}
     seen: set[str] = set(step.depends_on)
     frontier = list(step.depends_on)

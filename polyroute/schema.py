@@ -304,6 +304,15 @@ class RunResult(WireModel):
     started_at: datetime
     finished_at: datetime
 
+    def __repr__(self) -> str:
+        # Short on purpose: asyncio.run reprs its finished main task (and so this result)
+        # when it restores the SIGINT handler, and the full repr of a 1,000-step run took
+        # a third of a second.
+        return (
+            f"RunResult(task_id={self.task_id!r}, status={self.status!r}, "
+            f"steps={len(self.steps)}, cost_usd={self.totals.cost_usd!r})"
+        )
+
 
 class PlanReport(WireModel):
     """What ``polyroute plan`` prints: the validated plan, its waves and critical path."""
