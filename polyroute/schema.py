@@ -6,6 +6,7 @@ from outside forbids unknown fields, so a typo in a task file is an error, not a
 
 from __future__ import annotations
 
+import math
 import re
 from datetime import datetime
 from typing import Any, Literal
@@ -34,6 +35,29 @@ StepStatus = Literal["succeeded", "failed", "skipped", "cancelled"]
 RunStatus = Literal["succeeded", "partial", "failed"]
 
 _STEP_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
+MAX_TIMEOUT_SECONDS = 30 * 24 * 3600
+"""The longest ``timeoutSeconds`` a task may give (30 days): a run is not meant to last
+longer, and a larger one overflows date arithmetic."""
+DEADLINE_YEARS = (1970, 9998)
+"""The years a ``deadline`` may fall in: outside them, adding a time zone or a margin to it
+overflows ``datetime``."""
+
+
+def _non_finite_path(value: Any, path: str = "") -> str | None:
+    """The dotted path of the first infinite or NaN number inside a JSON-like value."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return path or "value"
+    if isinstance(value, dict):
+        for key, item in value.items():
+            found = _non_finite_path(item, f"{path}.{key}" if path else str(key))
+            if found is not None:
+                return found
+    if isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            found = _non_finite_path(item, f"{path}.{i}" if path else str(i))
+            if found is not None:
+                return found
+    return None
 
 
 class WireModel(BaseModel):
@@ -44,6 +68,9 @@ class WireModel(BaseModel):
         populate_by_name=True,
         extra="forbid",
         validate_assignment=False,
+        # Infinity and NaN are not JSON, and a number too large for a float (1e999) reads
+        # as infinity: refused everywhere, so none reaches the arithmetic or the output.
+        allow_inf_nan=False,
     )
 
     def to_wire(self) -> dict[str, Any]:
@@ -76,7 +103,10 @@ class Constraints(WireModel):
     max_cost_usd: float | None = Field(default=None, gt=0)
     deadline: datetime | None = None
     timeout_seconds: float | None = Field(
-        default=None, gt=0, description="Relative deadline, from the start of the run."
+        default=None,
+        gt=0,
+        le=MAX_TIMEOUT_SECONDS,
+        description="Relative deadline, from the start of the run (at most 30 days).",
     )
 
     @field_validator("deadline")
@@ -87,6 +117,11 @@ class Constraints(WireModel):
             raise ValueError(
                 f"deadline {value.isoformat()} has no timezone: add one, "
                 "e.g. 2030-01-01T09:00:00Z or 2030-01-01T09:00:00+02:00"
+            )
+        if value is not None and not DEADLINE_YEARS[0] <= value.year <= DEADLINE_YEARS[1]:
+            raise ValueError(
+                f"deadline {value.isoformat()} must fall in the years "
+                f"{DEADLINE_YEARS[0]}-{DEADLINE_YEARS[1]}"
             )
         return value
 
@@ -108,7 +143,10 @@ class Step(WireModel):
     @classmethod
     def _valid_id(cls, value: str) -> str:
         if not _STEP_ID.match(value):
-            raise ValueError(f"step id {value!r} must be 1-64 letters, digits, '_', '.' or '-'")
+            raise ValueError(
+                f"step id {value!r} must be 1-64 ASCII letters, digits, '_', '.' or '-'"
+                " (starting with a letter or digit)"
+            )
         return value
 
 
@@ -132,6 +170,16 @@ class Task(WireModel):
     context: dict[str, Any] = Field(
         default_factory=dict, description="Facts known before the run starts."
     )
+
+    @field_validator("context")
+    @classmethod
+    def _finite_context(cls, value: dict[str, Any]) -> dict[str, Any]:
+        # Any-typed, so allow_inf_nan does not reach it; an infinity here would make the
+        # result's JSON invalid.
+        found = _non_finite_path(value)
+        if found is not None:
+            raise ValueError(f"{found} is not a finite number")
+        return value
 
 
 class Classification(WireModel):

@@ -396,3 +396,19 @@ def test_read_results_without_repair_leaves_the_file_alone(tmp_path: Path) -> No
     before = out.read_bytes()
     assert [r.line_sha256 for r in read_results(out, repair=False)] == ["ab"]
     assert out.read_bytes() == before
+
+
+def test_a_line_with_a_huge_or_infinite_number_is_invalid_not_failed(tmp_path: Path) -> None:
+    tasks = tmp_path / "t.jsonl"
+    tasks.write_text(
+        '{"description": "x", "constraints": {"timeoutSeconds": 1e12}}\n'
+        '{"description": "x", "constraints": {"maxCostUsd": 1e999}}\n',
+        encoding="utf-8",
+    )
+    out = tmp_path / "r.jsonl"
+    asyncio.run(run_batch(engine(), tasks, out, concurrency=1))
+    records = {r.line: r for r in read_results(out)}
+    assert records[1].status == "invalid"
+    assert (records[1].error or "").startswith("constraints.timeoutSeconds: ")
+    assert records[2].status == "invalid"
+    assert (records[2].error or "").startswith("constraints.maxCostUsd: ")

@@ -137,3 +137,24 @@ def test_cost_takes_shares_of_1_or_100(
     assert main(["cost", "--mix", mix, "--json"]) == EXIT_OK
     rows = json.loads(capsys.readouterr().out)["rows"]
     assert [r["share"] for r in rows] == pytest.approx(shares)
+
+
+# --- numbers a float cannot hold ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("constraints", "field"),
+    [
+        ('{"maxCostUsd": 1e999}', "constraints.maxCostUsd"),
+        ('{"timeoutSeconds": 1e12}', "constraints.timeoutSeconds"),
+        ('{"timeoutSeconds": 1e300}', "constraints.timeoutSeconds"),
+    ],
+)
+def test_run_refuses_huge_or_infinite_numbers(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], constraints: str, field: str
+) -> None:
+    task = tmp_path / "t.json"
+    task.write_text(f'{{"description": "x", "constraints": {constraints}}}', encoding="utf-8")
+    code = main(["run", str(task), "--json", "--time-scale", "0.001"])
+    assert code == EXIT_BAD_INPUT
+    assert f"{task}: {field}: " in one_line_error(capsys)

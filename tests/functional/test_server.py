@@ -268,8 +268,14 @@ UNKNOWN_DEP = {
         (b'{"description": "x", "context": {"k": "\\udc00"}}', None),
         (json.dumps(PINNED_UNKNOWN).encode(), "plan.steps.0.model"),
         (json.dumps(UNKNOWN_DEP).encode(), "plan.steps"),
+        (b'{"description": "x", "constraints": {"maxCostUsd": 1e999}}', "constraints.maxCostUsd"),
+        (b'{"description": "x", "constraints": {"timeoutSeconds": 1e12}}',
+         "constraints.timeoutSeconds"),
+        (b'{"description": "x", "constraints": {"timeoutSeconds": 1e300}}',
+         "constraints.timeoutSeconds"),
+        (b'{"description": "x", "context": {"big": 1e999}}', "context"),
     ],
-)
+)  # fmt: skip
 def test_malformed_bodies_are_400_not_500(server: LocalServer, raw: bytes, field: str) -> None:
     status, _, body = post(server.url, raw)
     assert status == 400, body

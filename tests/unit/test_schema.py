@@ -1,9 +1,12 @@
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from pydantic import ValidationError
 
-from polyroute.schema import AgentHandoff, Attachment, Task, json_schemas
+from polyroute.registry import first_error
+from polyroute.schema import MAX_TIMEOUT_SECONDS, AgentHandoff, Attachment, Task, json_schemas
 
 
 def test_camel_case_on_the_wire_and_snake_case_accepted() -> None:
@@ -80,3 +83,38 @@ def test_a_deadline_with_a_timezone_is_an_instant(aware: str) -> None:
     task = Task.model_validate({"description": "x", "constraints": {"deadline": aware}})
     assert task.constraints.deadline is not None
     assert task.constraints.deadline.utcoffset() is not None
+
+
+# --- numbers a float cannot hold, and durations date arithmetic cannot ----------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"constraints": {"maxCostUsd": float("inf")}}, "constraints.maxCostUsd"),
+        ({"constraints": {"maxCostUsd": float("nan")}}, "constraints.maxCostUsd"),
+        ({"constraints": {"timeoutSeconds": float("inf")}}, "constraints.timeoutSeconds"),
+        ({"constraints": {"timeoutSeconds": 1e12}}, "constraints.timeoutSeconds"),
+        ({"constraints": {"timeoutSeconds": 1e300}}, "constraints.timeoutSeconds"),
+        ({"constraints": {"deadline": "9999-12-31T23:00:00-14:00"}}, "constraints.deadline"),
+        ({"context": {"k": [1, float("inf")]}}, "context"),
+    ],
+)
+def test_non_finite_numbers_and_huge_durations_are_refused(
+    body: dict[str, Any], field: str
+) -> None:
+    with pytest.raises(ValidationError) as caught:
+        Task.model_validate({"description": "x", **body})
+    assert first_error(caught.value).startswith(f"{field}: ")
+
+
+def test_a_thirty_day_timeout_is_still_accepted() -> None:
+    task = Task.model_validate({"description": "x", "constraints": {"timeoutSeconds": 2592000}})
+    assert task.constraints.timeout_seconds == MAX_TIMEOUT_SECONDS
+
+
+def test_a_non_ascii_step_id_is_refused_as_not_ascii() -> None:
+    with pytest.raises(ValidationError, match="ASCII letters"):
+        Task.model_validate(
+            {"description": "x", "plan": {"steps": [{"id": "étape", "description": "y"}]}}
+        )
