@@ -42,7 +42,13 @@ from polyroute.errors import (
     PolyrouteError,
     ProviderError,
 )
-from polyroute.execute import RetriesExhaustedError, RetryPolicy, call_with_retries
+from polyroute.execute import (
+    RepairNotAffordedError,
+    ReserveRepair,
+    RetriesExhaustedError,
+    RetryPolicy,
+    call_with_retries,
+)
 from polyroute.graph import critical_path, validate_plan, waves
 from polyroute.planner import (
     PLAN_MAX_TOKENS,
@@ -321,9 +327,8 @@ class Engine:
         provider = self.cfg.provider_for(spec)
 
         async def call(req: ModelRequest) -> ModelResponse:
-            tokens, cost = worst_case(spec, req)
-            reservation = run.budget.reserve(
-                f"{what} on {spec.id}", tokens, cost, self.cfg.clock(), counts_step=False
+            reservation = reserve_call(
+                run.budget, f"{what} on {spec.id}", spec, req, self.cfg.clock()
             )
             run.providers[spec.id] = provider.name
             try:
@@ -568,6 +573,7 @@ class Engine:
         )
         run.providers[spec.id] = provider.name
         req = model_request(spec, step, packed.input, images, packed.out_tokens, self.cfg.seed)
+        repairs: list[Reservation] = []
         try:
             call = await call_with_retries(
                 provider,
@@ -577,19 +583,30 @@ class Engine:
                 run.time_left_s,
                 self.cfg.sleep,
                 breaker=self.cfg.breaker,
+                reserve_repair=repair_reserver(run.budget, spec, self.cfg.clock, repairs),
             )
         except RetriesExhaustedError as exc:
+            release_all(run.budget, repairs)
             charge_failure(run.budget, reservation, res, spec, exc.last)
             res.attempts += exc.attempts
             return exc.last
         except ProviderError as exc:
+            release_all(run.budget, repairs)
             charge_failure(run.budget, reservation, res, spec, exc)
             res.attempts += exc.attempts
             raise
+        except RepairNotAffordedError as exc:
+            release_all(run.budget, repairs)
+            run.budget.release(reservation)
+            run.budget.charge(exc.usage.total, record_billed(res, spec, exc.usage))
+            res.attempts += exc.attempts
+            raise exc.limit from None
         except BaseException:
+            release_all(run.budget, repairs)
             run.budget.release(reservation)
             res.attempts += 1
             raise
+        release_all(run.budget, repairs)
         resp = call.response
         run.budget.settle(reservation, resp.usage.total, call_cost(spec, resp.usage))
         run.simulated = run.simulated or resp.simulated
@@ -1005,6 +1022,35 @@ def build_result(
         started_at=started,
         finished_at=finished,
     )
+
+
+def reserve_call(
+    budget: Budget, what: str, spec: ModelSpec, req: ModelRequest, now: datetime
+) -> Reservation:
+    """Reserve a call's worst case (``worst_case``) that is not a step of its own (a
+    classification, planning or repair call); raise a ``LimitError`` if it does not fit."""
+    tokens, cost = worst_case(spec, req)
+    return budget.reserve(what, tokens, cost, now, counts_step=False)
+
+
+def repair_reserver(
+    budget: Budget, spec: ModelSpec, clock: Callable[[], datetime], held: list[Reservation]
+) -> ReserveRepair:
+    """The hook ``call_with_retries`` calls before a step's repair call: it reserves the
+    repair's worst case from ``budget`` (as a planning call's is) and adds the reservation
+    to ``held``, for the caller to release once the call has settled."""
+
+    def reserve(fix: ModelRequest) -> None:
+        what = f"the repair of {fix.step_id or 'the call'} on {spec.id}"
+        held.append(reserve_call(budget, what, spec, fix, clock()))
+
+    return reserve
+
+
+def release_all(budget: Budget, held: list[Reservation]) -> None:
+    """Give back the reservations in ``held`` (a step's repair calls, once settled)."""
+    while held:
+        budget.release(held.pop())
 
 
 def worst_case(spec: ModelSpec, req: ModelRequest) -> tuple[int, float]:

@@ -21,11 +21,13 @@ from polyroute.circuit import Breaker
 from polyroute.errors import (
     CircuitOpenError,
     DeadlineExceededError,
+    LimitError,
     OutputTruncatedError,
     ProviderError,
     RateLimitedError,
 )
 from polyroute.providers.base import ModelRequest, ModelResponse, Provider
+from polyroute.schema import Usage
 
 TRUNCATED_STOP_REASONS = frozenset({"max_tokens", "length"})
 REPAIR_ANSWER_CHARS = 4000
@@ -59,6 +61,23 @@ class CallResult:
     attempts: int
 
 
+ReserveRepair = Callable[[ModelRequest], None]
+"""Reserves a repair call's worst case from the run's budget before it is made; raises a
+``LimitError`` (``BudgetExceededError``, ``DeadlineExceededError``) when it does not fit."""
+
+
+class RepairNotAffordedError(Exception):
+    """Internal: an answer needed a repair whose worst case the budget could not hold, so the
+    repair was not made. ``limit`` is the error to raise; ``usage`` what the answer that
+    needed the repair was billed (for the caller to charge)."""
+
+    def __init__(self, limit: LimitError, usage: Usage, attempts: int) -> None:
+        super().__init__(str(limit))
+        self.limit = limit
+        self.usage = usage
+        self.attempts = attempts
+
+
 class RetriesExhaustedError(Exception):
     """Internal: every attempt on one model failed with a retryable error."""
 
@@ -78,15 +97,17 @@ async def call_with_retries(
     *,
     breaker: Breaker | None = None,
     repair: bool = True,
+    reserve_repair: ReserveRepair | None = None,
 ) -> CallResult:
     """Call ``provider``; retry retryable errors; raise the non-retryable ones at once; then
     check the answer and repair it once if it was cut off or is not valid JSON.
 
     Raises ``RetriesExhaustedError`` when attempts run out (or the model's circuit opens),
     ``DeadlineExceededError`` when the deadline leaves no time for the next attempt, and
-    ``OutputTruncatedError`` when the answer is still cut off or invalid after the repair.
-    An error raised after the provider answered carries what those answers were billed
-    (``ProviderError.usage``), so the caller can charge it."""
+    ``OutputTruncatedError`` when the answer is still cut off or invalid after the repair,
+    and ``RepairNotAffordedError`` when ``reserve_repair`` (the caller's budget) cannot hold
+    the repair call's worst case. An error raised after the provider answered carries what
+    those answers were billed (``ProviderError.usage``), so the caller can charge it."""
     first = await _call_retrying(provider, req, policy, rng, time_left_s, sleep, breaker)
     if not repair:
         return first
@@ -101,6 +122,13 @@ async def call_with_retries(
         error.attempts = first.attempts
         raise error.billed(r1.usage)
     fix = repair_request(req, r1, problem)
+    if reserve_repair is not None:
+        try:
+            reserve_repair(fix)
+        except LimitError as exc:
+            where = f"{req.model.id} on {req.step_id or 'the call'}"
+            limit = type(exc)(f"{where}: {problem}; its repair does not fit: {exc}")
+            raise RepairNotAffordedError(limit, r1.usage, first.attempts) from exc
     try:
         second = await _call_retrying(provider, fix, policy, rng, time_left_s, sleep, breaker)
     except RetriesExhaustedError as exc:

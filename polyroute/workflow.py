@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import math
 import os
 import random
 import uuid
@@ -51,6 +52,7 @@ from polyroute.engine import (
     pack_step,
     pending_result,
     record_success,
+    repair_reserver,
     route_step,
     step_input,
     step_view,
@@ -64,7 +66,12 @@ from polyroute.errors import (
     PolyrouteError,
     ProviderError,
 )
-from polyroute.execute import RetriesExhaustedError, RetryPolicy, call_with_retries
+from polyroute.execute import (
+    RepairNotAffordedError,
+    RetriesExhaustedError,
+    RetryPolicy,
+    call_with_retries,
+)
 from polyroute.providers.base import ImageInput
 from polyroute.registry import ModelSpec
 from polyroute.schema import (
@@ -626,10 +633,10 @@ class Workflow:
         )
         req = model_request(spec, step, packed, images, int(body["outTokens"]), self.cfg.seed)
         provider = self.cfg.provider_for(spec)
-        deadline = Budget.from_state(state.budget)[0]
+        budget = self._repair_budget(state.budget)
 
         def time_left_s() -> float | None:
-            left = deadline.time_left_ms(self._now())
+            left = budget.time_left_ms(self._now())
             return None if left is None else left / 1000.0
 
         try:
@@ -642,8 +649,13 @@ class Workflow:
                     time_left_s,
                     self.cfg.sleep,
                     breaker=self.cfg.breaker,
+                    reserve_repair=repair_reserver(budget, spec, self._now, []),
                 )
             )
+        except RepairNotAffordedError as exc:
+            # The answer was billed and its repair does not fit: the step fails on the budget.
+            caught = {"Error": type(exc.limit).__name__, "Cause": str(exc.limit)}
+            return self.fallback({**event, "error": caught}, billed=(spec, exc.usage, exc.attempts))
         except (RetriesExhaustedError, ProviderError) as exc:
             error = exc.last if isinstance(exc, RetriesExhaustedError) else exc
             if isinstance(exc, RetriesExhaustedError):
@@ -653,7 +665,9 @@ class Workflow:
             # The provider answered and billed it; a Lambda error cannot carry that, so this
             # takes the Catch's path itself, with what was billed.
             caught = {"Error": type(error).__name__, "Cause": str(error)}
-            return self.fallback({**event, "error": caught}, billed=(spec, error))
+            return self.fallback(
+                {**event, "error": caught}, billed=(spec, error.usage, error.attempts)
+            )
         resp = result.response
         rec = state.steps[item.step_id]
         res = rec.result.model_copy(deep=True)
@@ -683,17 +697,40 @@ class Workflow:
         wire = self.spiller.maybe_spill(outcome.to_wire(), "outcome", limit=item.inline_limit)
         return {"next": "done", "outcome": wire}
 
+    def _repair_budget(self, state: BudgetState) -> Budget:
+        """The budget a Map iteration reserves a repair call from: the wave's, with the
+        share of what is left that the other running steps may repair with held back.
+
+        Parallel iterations each read the same state and cannot see one another's
+        reservations, so each takes at most an equal share of what the wave left free:
+        together they can never overspend a budget."""
+        budget, held = Budget.from_state(state)
+        running = sum(r.counts_step for r in held)
+        if running > 1:
+            others = (running - 1) / running
+            tokens_left, cost_left = budget.tokens_left(), budget.cost_left_usd()
+            if (left_ms := budget.time_left_ms(self._now())) is not None and left_ms <= 0:
+                return budget  # the call itself stops at the deadline
+            budget.reserve(
+                "the other steps of the wave",
+                0 if tokens_left is None else math.ceil(tokens_left * others),
+                0.0 if cost_left is None else cost_left * others,
+                self._now(),
+                counts_step=False,
+            )
+        return budget
+
     def fallback(
-        self, event: dict[str, Any], billed: tuple[ModelSpec, ProviderError] | None = None
+        self, event: dict[str, Any], billed: tuple[ModelSpec, Usage, int] | None = None
     ) -> dict[str, Any]:
         """The ``Catch``: after a retryable failure, re-route to the next eligible model;
-        otherwise close the step with the error. ``billed`` is the model and the error of a
-        failed call the provider answered and billed (``execute`` passes it)."""
+        otherwise close the step with the error. ``billed`` is the model, what the provider
+        billed and the calls made for a failed call it answered (``execute`` passes it)."""
         state = self.load_state(event["state"])
         item = WaveItem.model_validate(event["item"])
         call = CallPlan.model_validate(event.get("call") or item.call.to_wire())
-        if billed is not None and billed[1].usage is not None:
-            spent = billed[1].usage
+        if billed is not None:
+            spent = billed[1]
             call.billed = call.billed + spent
             call.billed_cost_usd += call_cost(billed[0], spent)
         name, message = _error_of(event.get("error") or {})
@@ -709,7 +746,7 @@ class Workflow:
         if billed is not None:
             # The calls of this invocation (an answer and its repair), after the state
             # machine's retries of it.
-            res.attempts += int(event.get("retryCount") or 0) + billed[1].attempts
+            res.attempts += int(event.get("retryCount") or 0) + billed[2]
         elif reached_model and name != CircuitOpenError.__name__:
             res.attempts += EXECUTE_ATTEMPTS if name in RETRYABLE_NAMES else 1
         providers = (

@@ -398,3 +398,32 @@ def test_a_run_whose_every_step_failed_says_it_was_simulated_as_locally() -> Non
     assert result.status == local.status == "failed"
     assert result.simulated and local.simulated
     assert result.providers == local.providers
+
+
+@pytest.mark.parametrize(("limit", "room"), [("maxTokenBudget", 1150), ("maxCostUsd", 0.0163)])
+def test_a_repair_that_does_not_fit_the_budget_is_not_made_as_locally(
+    limit: str, room: float
+) -> None:
+    """One call's worst case fits, its repair's does not: both engines charge the cut-off
+    answer, skip the repair and stop on the budget without overspending it."""
+    task = Task.model_validate(
+        {
+            "description": "x",
+            "constraints": {limit: room},
+            "plan": {
+                "steps": [{"id": "impl", "description": "implement it", "type": "implementation"}]
+            },
+        }
+    )
+    failures = ["claude-sonnet-4-5=truncatedx2"]
+    result = run_on_stepfunctions_local(task, config(failures))
+    local = local_result(task, failures)
+    step = result.steps[0]
+    assert step.model == "claude-sonnet-4-5" and step.status == "failed"
+    assert "repair does not fit" in (step.error or "")
+    assert result.stop_reason == local.stop_reason == "budget"
+    assert steps_of(result) == steps_of(local)
+    assert result.budgets.tokens_used == local.budgets.tokens_used == step.usage.total
+    assert result.budgets.cost_used_usd == pytest.approx(local.budgets.cost_used_usd)
+    assert result.budgets.cost_used_usd <= (result.budgets.max_cost_usd or 1.0)
+    assert result.budgets.tokens_used <= (result.budgets.max_token_budget or 10**6)

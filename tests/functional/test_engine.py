@@ -6,7 +6,7 @@ from datetime import UTC, date, datetime
 import pytest
 
 from polyroute.cost import call_cost
-from polyroute.engine import Engine, EngineConfig, Run
+from polyroute.engine import Engine, EngineConfig, Run, worst_case
 from polyroute.errors import (
     EXIT_BAD_INPUT,
     EXIT_FAILURE,
@@ -644,3 +644,50 @@ def test_a_scaled_cut_keeps_more_when_the_whole_input_does_not_fit() -> None:
     limit = load_registry().get("gpt-4o-mini").context_window * load_policy().window_use
     assert counting.counted[1] <= limit
     assert len(counting.prompts["s"]) > len(plain.prompts["s"])
+
+
+def implement_task_within(**constraints: object) -> Task:
+    return implement_task().model_copy(
+        update={
+            "constraints": Task.model_validate(
+                {"description": "x", "constraints": constraints}
+            ).constraints
+        }
+    )
+
+
+@pytest.mark.parametrize("limit", ["maxTokenBudget", "maxCostUsd"])
+def test_a_repair_that_does_not_fit_the_budget_is_not_made(limit: str) -> None:
+    """The budget holds one call's worst case but not its repair's: the cut-off answer is
+    charged, the repair is never made, the step fails on the budget and nothing overspends."""
+    sim, _ = run_with([])
+    spec = load_registry().get("claude-sonnet-4-5")
+    tokens, cost = worst_case(spec, sim.calls[0])
+    room = {"maxTokenBudget": tokens + 50, "maxCostUsd": cost * 1.05}[limit]
+    sim = SimulatedProvider(
+        time_scale=0.0, failures=FailurePlan.parse(["claude-sonnet-4-5=truncatedx2"])
+    )
+    result = asyncio.run(engine(sim).run(implement_task_within(**{limit: room})))
+    step = result.steps[0]
+    assert len(sim.calls) == 1  # the repair was not made
+    assert step.status == "failed" and step.attempts == 1
+    assert "cut off" in (step.error or "") and "repair does not fit" in (step.error or "")
+    assert result.stop_reason == "budget"
+    assert step.usage.total > 0 and step.cost_usd == pytest.approx(call_cost(spec, step.usage))
+    assert result.budgets.tokens_used == step.usage.total
+    assert result.budgets.cost_used_usd == pytest.approx(step.cost_usd)
+    assert result.budgets.tokens_used <= (result.budgets.max_token_budget or tokens * 10)
+    assert result.budgets.cost_used_usd <= (result.budgets.max_cost_usd or 1.0)
+
+
+def test_a_repair_that_fits_the_budget_is_made_and_settled() -> None:
+    sim, _ = run_with([])
+    spec = load_registry().get("claude-sonnet-4-5")
+    tokens, _ = worst_case(spec, sim.calls[0])
+    sim = SimulatedProvider(
+        time_scale=0.0, failures=FailurePlan.parse(["claude-sonnet-4-5=truncated"])
+    )
+    result = asyncio.run(engine(sim).run(implement_task_within(maxTokenBudget=3 * tokens)))
+    step = result.steps[0]
+    assert len(sim.calls) == 2 and step.status == "succeeded" and step.attempts == 2
+    assert result.budgets.tokens_used == step.usage.total <= 3 * tokens

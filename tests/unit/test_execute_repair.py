@@ -11,6 +11,7 @@ import pytest
 
 from polyroute.circuit import CircuitBreaker
 from polyroute.errors import (
+    BudgetExceededError,
     DeadlineExceededError,
     InvalidRequestError,
     OutputTruncatedError,
@@ -20,6 +21,7 @@ from polyroute.errors import (
 )
 from polyroute.execute import (
     CallResult,
+    RepairNotAffordedError,
     RetriesExhaustedError,
     RetryPolicy,
     call_with_retries,
@@ -283,3 +285,32 @@ def test_an_http_error_bills_nothing() -> None:
     with pytest.raises(InvalidRequestError) as info:
         call(Scripted(InvalidRequestError("400: bad")))
     assert info.value.usage is None
+
+
+def test_a_repair_is_reserved_before_it_is_made() -> None:
+    p = Scripted(("cut", "max_tokens"), '{"a": 1}')
+    reserved: list[ModelRequest] = []
+    result = call(p, reserve_repair=reserved.append)
+    assert result.attempts == 2
+    assert reserved == [p.requests[1]]  # the hook saw the very request the repair made
+
+
+def test_a_repair_the_budget_cannot_hold_is_not_made_and_the_answer_stays_billed() -> None:
+    p = Scripted(("cut", "max_tokens"), '{"a": 1}')
+
+    def refuse(_req: ModelRequest) -> None:
+        raise BudgetExceededError("repair of s1 may cost $0.0100; $0.0010 left")
+
+    with pytest.raises(RepairNotAffordedError) as info:
+        call(p, reserve_repair=refuse)
+    assert len(p.requests) == 1
+    assert isinstance(info.value.limit, BudgetExceededError)
+    assert "cut off" in str(info.value.limit) and "$0.0010 left" in str(info.value.limit)
+    assert info.value.usage == Usage(input_tokens=10, output_tokens=5)
+    assert info.value.attempts == 1
+
+
+def test_no_reservation_when_no_repair_is_needed() -> None:
+    reserved: list[ModelRequest] = []
+    call(Scripted('{"a": 1}'), reserve_repair=reserved.append)
+    assert reserved == []
