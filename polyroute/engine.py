@@ -364,13 +364,22 @@ class Engine:
 
     async def run(self, task: Task, task_id: str | None = None) -> RunResult:
         """Run a task to its result. Raises for bad input (an invalid plan, a pinned model
-        that cannot take its step, config), and when planning fails or does not fit the
-        budget or the deadline: then no step has run."""
+        that cannot take its step, config). When planning fails or does not fit the budget
+        or the deadline, no step runs and the result says so (``planning_failed``), with
+        what classification and planning spent."""
         run = Run(self, task, task_id or task.task_id or uuid.uuid4().hex[:12])
         mat = materialize(task.attachments)
         self.check_pins(task, mat, run)
         classification = await self.classify(task, mat, run)
-        plan = await self.make_plan(task, classification, run, len(mat.images))
+        try:
+            plan = await self.make_plan(task, classification, run, len(mat.images))
+        except (PlanningError, LimitError) as exc:
+            plan, failed = planning_failed(exc, self.cfg.clock())
+            run.stop_reason = limit_stop_reason(exc)
+            run.handoff.remaining_steps = []
+            return self._result(
+                run, plan, {failed.step_id: _StepState(plan.steps[0], failed)}, classification
+            )
         states = {s.id: _StepState(step=s, result=pending_result(s)) for s in plan.steps}
         run.handoff.remaining_steps = [s.id for s in plan.steps]
         run.deps = {s.id: list(s.depends_on) for s in plan.steps}
@@ -655,6 +664,32 @@ def pending_result(step: Step) -> StepResult:
         depends_on=list(step.depends_on),
         status="skipped",
     )
+
+
+PLANNING_STEP_ID = "planning"
+
+
+def planning_failed(exc: PolyrouteError, now: datetime) -> tuple[Plan, StepResult]:
+    """The plan and record of a run whose planning failed or did not fit its budget or
+    deadline: one record, ``planning``, that carries the error; no step of the task ran.
+    What classification and planning spent is the run's classification cost, as ever."""
+    step = Step(
+        id=PLANNING_STEP_ID,
+        description="Plan the task with the planning model (no plan: no step ran).",
+        type="planning",
+    )
+    res = pending_result(step)
+    res.status = "failed"
+    res.error = str(exc)
+    res.started_at = res.finished_at = now
+    return Plan(steps=[step], source="planner"), res
+
+
+def limit_stop_reason(exc: BaseException) -> str | None:
+    """The stop reason a limit error gives a run (None for any other error)."""
+    if isinstance(exc, DeadlineExceededError):
+        return "deadline"
+    return "budget" if isinstance(exc, LimitError) else None
 
 
 def step_view(

@@ -200,6 +200,10 @@ class ModelPlanner:
             try:
                 resp = await self.call(req)
             except ProviderError as exc:
+                # A refused or cut-off answer was billed all the same.
+                if exc.usage is not None:
+                    self.cost_usd += call_cost(self.model, exc.usage)
+                    self.tokens += exc.usage.total
                 raise PlanningError(f"planning call to {self.model.id} failed: {exc}") from exc
             self.cost_usd += call_cost(self.model, resp.usage)
             self.tokens += resp.usage.total

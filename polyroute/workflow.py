@@ -47,10 +47,12 @@ from polyroute.engine import (
     fact,
     fallback_ok,
     fallback_reason,
+    limit_stop_reason,
     merge_step,
     model_request,
     pack_step,
     pending_result,
+    planning_failed,
     record_success,
     repair_reserver,
     route_step,
@@ -63,6 +65,7 @@ from polyroute.errors import (
     ConfigError,
     DeadlineExceededError,
     LimitError,
+    PlanningError,
     PolyrouteError,
     ProviderError,
 )
@@ -331,10 +334,10 @@ class Workflow:
     def plan(self, event: dict[str, Any]) -> dict[str, Any]:
         """Plan the task (given, single step or the planning model) and validate the plan.
 
-        An invalid plan or an unusable pinned model raises (``CycleError`` names the cycle),
-        as does planning that fails on every eligible model (``PlanningError``) or does not
-        fit the budget (``BudgetExceededError``): the state machine catches it into a failed
-        execution."""
+        An invalid plan or an unusable pinned model raises (``CycleError`` names the cycle):
+        the state machine catches it into a failed execution. Planning that fails on every
+        eligible model or does not fit the budget or the deadline runs no step: the run
+        goes on to its result, which carries the error and what was spent."""
         state = self.load_state(event["state"])
         task = self.task_of(state)
         run = self._run(task, state)
@@ -342,7 +345,18 @@ class Workflow:
         images = 0
         if task.plan is not None and any(s.model and s.use_attachments for s in task.plan.steps):
             images = len(self._materialize(state, task).images)
-        plan = asyncio.run(self._engine.make_plan(task, state.classification, run, images))
+        try:
+            plan = asyncio.run(self._engine.make_plan(task, state.classification, run, images))
+        except (PlanningError, LimitError) as exc:
+            # No step runs; the scheduler finds nothing to do and the result says why, with
+            # what classification and planning spent (as the local engine's does).
+            plan, failed = planning_failed(exc, self._now())
+            state.plan = plan
+            self._keep_run(state, run)
+            state.stop_reason = limit_stop_reason(exc)
+            state.handoff.remaining_steps = []
+            state.steps = {failed.step_id: StepRecord(phase="done", result=failed)}
+            return {"state": self.dump_state(state)}
         state.plan = plan
         self._keep_run(state, run)
         state.handoff.remaining_steps = [s.id for s in plan.steps]

@@ -203,3 +203,48 @@ def test_injected_failures_fall_back(tmp_path: Path) -> None:
     steps = {s["stepId"]: s for s in json.loads(proc.stdout)["steps"]}
     assert steps["tests"]["fallbackFrom"] == "claude-sonnet-4-5"
     assert steps["tests"]["attempts"] == 4
+
+
+@pytest.mark.parametrize(("failure", "code"), [("refusal", 1), ("truncatedx2", 1)])
+def test_a_failed_planning_call_still_prints_the_result_with_its_spend(
+    failure: str, code: int
+) -> None:
+    proc = polyroute(
+        "run",
+        "examples/planning.json",
+        "--time-scale",
+        "0",
+        "--json",
+        "--on",
+        "2026-11-27",
+        "--fail",
+        f"claude-opus-4-5={failure}",
+    )
+    assert proc.returncode == code, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["status"] == "failed"
+    assert result["totals"]["costUsd"] > 0
+    assert result["budgets"]["costUsedUsd"] == pytest.approx(result["totals"]["costUsd"])
+    assert result["steps"][0]["stepId"] == "planning" and result["steps"][0]["error"]
+
+
+def test_planning_stopped_by_the_budget_exits_3_with_the_partial_result(tmp_path: Path) -> None:
+    task = json.loads((EXAMPLES / "planning.json").read_text())
+    task.setdefault("constraints", {})["maxCostUsd"] = 0.06
+    path = tmp_path / "task.json"
+    path.write_text(json.dumps(task))
+    proc = polyroute(
+        "run",
+        str(path),
+        "--time-scale",
+        "0",
+        "--json",
+        "--on",
+        "2026-11-27",
+        "--fail",
+        "claude-opus-4-5=truncated",
+    )
+    assert proc.returncode == 3, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["stopReason"] == "budget"
+    assert 0 < result["totals"]["costUsd"] <= 0.06

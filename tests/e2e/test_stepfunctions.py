@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from polyroute.engine import Engine, EngineConfig
-from polyroute.errors import BudgetExceededError, CycleError, UnknownModelError
+from polyroute.errors import CycleError, UnknownModelError
 from polyroute.execute import RetryPolicy
 from polyroute.providers.base import ModelRequest, ModelResponse
 from polyroute.providers.simulated import FailurePlan, SimulatedProvider
@@ -342,14 +342,38 @@ def test_a_retried_or_failed_over_planning_call_plans_as_locally(
     assert result.providers == local.providers and calls[-1] in result.providers
 
 
-def test_a_planner_that_does_not_fit_the_budget_fails_both_engines_alike() -> None:
-    task = planning_task(max_cost_usd=0.005)
-    with pytest.raises(BudgetExceededError) as on_sfn:
-        both(task)
-    with pytest.raises(BudgetExceededError) as locally:
-        asyncio.run(Engine(config()).run(task))
-    assert str(on_sfn.value) == str(locally.value)
-    assert str(on_sfn.value).startswith("planning on claude-opus-4-5 may cost $0.05")
+def test_a_planner_that_does_not_fit_the_budget_stops_both_engines_alike() -> None:
+    result, local, sfn_sim, _ = both(planning_task(max_cost_usd=0.005))
+    assert result.status == local.status == "failed"
+    assert result.stop_reason == local.stop_reason == "budget"
+    assert steps_of(result) == steps_of(local)
+    error = result.steps[0].error or ""
+    assert error == local.steps[0].error
+    assert error.startswith("planning on claude-opus-4-5 may cost $0.05")
+    assert sfn_sim.calls == []
+
+
+@pytest.mark.parametrize(
+    ("failures", "constraints", "stop"),
+    [
+        (["claude-opus-4-5=refusal"], {}, None),
+        (["claude-opus-4-5=truncatedx2"], {}, None),
+        (["claude-opus-4-5=truncated"], {"max_cost_usd": 0.06}, "budget"),
+    ],
+)
+def test_a_failed_planning_call_ends_in_a_result_with_its_spend_as_locally(
+    failures: list[str], constraints: dict[str, object], stop: str | None
+) -> None:
+    result, local, _, _ = both(planning_task(**constraints), failures)
+    assert result.status == local.status == "failed"
+    assert result.stop_reason == local.stop_reason == stop
+    assert steps_of(result) == steps_of(local)
+    assert result.steps[0].error == local.steps[0].error
+    assert result.totals.cost_usd == local.totals.cost_usd > 0
+    assert result.totals.classifier_cost_usd == local.totals.classifier_cost_usd
+    assert result.budgets == local.budgets
+    assert result.classification == local.classification
+    assert result.providers == local.providers
 
 
 def test_a_budget_limited_planning_run_counts_the_planner_as_locally() -> None:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from datetime import UTC, date, datetime
 
 import pytest
@@ -9,9 +10,6 @@ from polyroute.cost import call_cost
 from polyroute.engine import Engine, EngineConfig, Run, worst_case
 from polyroute.errors import (
     EXIT_BAD_INPUT,
-    EXIT_FAILURE,
-    EXIT_STOPPED,
-    BudgetExceededError,
     InvalidRequestError,
     PinnedModelError,
     PlanningError,
@@ -406,12 +404,13 @@ def test_planning_skips_a_model_whose_circuit_is_open() -> None:
 def test_planning_fails_in_one_line_when_no_model_is_left() -> None:
     everyone = [f"{m}=529x3" for m in load_registry().models]
     sim = SimulatedProvider(time_scale=0.0, failures=FailurePlan.parse(everyone))
-    with pytest.raises(PlanningError) as info:
-        asyncio.run(engine(sim).run(planning_task()))
-    message = str(info.value)
+    result = asyncio.run(engine(sim).run(planning_task()))
+    assert result.status == "failed" and result.stop_reason is None  # exit 1
+    [planning] = result.steps
+    message = planning.error or ""
+    assert planning.step_id == "planning" and planning.status == "failed"
     assert message.startswith("planning failed on every eligible model (claude-opus-4-5: ")
     assert "OverloadedError after 3 attempt(s)" in message and "\n" not in message
-    assert info.value.exit_code == EXIT_FAILURE
     assert purposes(sim, "execute") == []  # no step ran
 
 
@@ -426,10 +425,53 @@ def test_a_planner_that_does_not_fit_the_budget_stops_the_run_before_it_is_calle
     constraints: dict[str, object], message: str
 ) -> None:
     sim = SimulatedProvider(time_scale=0.0)
-    with pytest.raises(BudgetExceededError, match=message) as info:
-        asyncio.run(engine(sim).run(planning_task(**constraints)))
-    assert info.value.exit_code == EXIT_STOPPED
+    result = asyncio.run(engine(sim).run(planning_task(**constraints)))
+    assert result.status == "failed" and result.stop_reason == "budget"  # exit 3
+    assert re.search(message, result.steps[0].error or "")
     assert sim.calls == []
+    assert result.totals.cost_usd == result.budgets.cost_used_usd == 0
+
+
+@pytest.mark.parametrize(
+    ("failure", "calls", "error"),
+    [
+        ("refusal", 1, "planning call to claude-opus-4-5 failed: .*refused"),
+        ("truncatedx2", 2, "claude-opus-4-5 returned an invalid plan twice"),
+    ],
+)
+def test_a_failed_planning_call_ends_in_a_result_with_its_spend(
+    failure: str, calls: int, error: str
+) -> None:
+    sim = SimulatedProvider(
+        time_scale=0.0, failures=FailurePlan.parse([f"claude-opus-4-5={failure}"])
+    )
+    result = asyncio.run(engine(sim).run(planning_task()))
+    assert result.status == "failed" and result.stop_reason is None
+    assert result.classification is not None and result.classification.type == "planning"
+    assert re.search(error, result.steps[0].error or "")
+    assert purposes(sim, "plan") == ["claude-opus-4-5"] * calls
+    assert purposes(sim, "execute") == []
+    opus = load_registry().get("claude-opus-4-5")
+    t = result.totals
+    spent = Usage(input_tokens=t.input_tokens, output_tokens=t.output_tokens)
+    assert spent.total > 0
+    assert t.cost_usd == t.classifier_cost_usd == pytest.approx(call_cost(opus, spent))
+    assert result.budgets.cost_used_usd == pytest.approx(t.cost_usd)
+    assert result.budgets.tokens_used == spent.total
+    assert result.providers == {"claude-opus-4-5": "simulated"}
+
+
+def test_planning_stopped_by_the_budget_after_spending_ends_in_a_result_with_its_spend() -> None:
+    """The first answer is cut off and billed; its repair does not fit: exit 3, with the
+    spend in the result."""
+    sim = SimulatedProvider(
+        time_scale=0.0, failures=FailurePlan.parse(["claude-opus-4-5=truncated"])
+    )
+    result = asyncio.run(engine(sim).run(planning_task(max_cost_usd=0.06)))
+    assert result.status == "failed" and result.stop_reason == "budget"
+    assert "planning on claude-opus-4-5 may cost" in (result.steps[0].error or "")
+    assert purposes(sim, "plan") == ["claude-opus-4-5"]
+    assert 0.04 < result.totals.cost_usd == result.budgets.cost_used_usd <= 0.06
 
 
 def test_planning_is_counted_in_the_budget_and_the_totals() -> None:

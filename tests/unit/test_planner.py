@@ -5,6 +5,7 @@ from datetime import date
 
 import pytest
 
+from polyroute.cost import call_cost
 from polyroute.errors import (
     ContentRefusedError,
     InputError,
@@ -188,3 +189,17 @@ def test_check_pins_names_the_step_and_the_model_in_one_line(
     assert message in str(info.value)
     assert "\n" not in str(info.value)
     assert isinstance(info.value, InputError)  # exit 2, and a 400 from the API
+
+
+def test_a_refused_planning_answer_is_counted_in_the_planners_spend() -> None:
+    opus = load_registry().get("claude-opus-4-5")
+    billed = Usage(input_tokens=300, output_tokens=40)
+
+    async def refused(req: ModelRequest) -> ModelResponse:
+        raise ContentRefusedError("refused").billed(billed)
+
+    planner = ModelPlanner(opus, Scripted([]), call=refused)
+    with pytest.raises(PlanningError):
+        asyncio.run(planner.plan(Task(description="x")))
+    assert planner.tokens == billed.total
+    assert planner.cost_usd == pytest.approx(call_cost(opus, billed)) and planner.cost_usd > 0
