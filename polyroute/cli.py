@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import sys
 from collections.abc import Sequence
 from datetime import date
@@ -57,8 +58,21 @@ def _non_negative_float(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
     if value < 0:
         raise argparse.ArgumentTypeError(f"{text!r} must not be negative")
+    return value
+
+
+MAX_TIME_SCALE = 1000.0
+"""The largest ``--time-scale``: past it a simulated call sleeps for hours."""
+
+
+def _time_scale(text: str) -> float:
+    value = _non_negative_float(text)
+    if value > MAX_TIME_SCALE:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at most {MAX_TIME_SCALE:g}")
     return value
 
 
@@ -95,7 +109,7 @@ def _engine_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--concurrency", type=_positive_int, default=8)
     p.add_argument(
         "--time-scale",
-        type=_non_negative_float,
+        type=_time_scale,
         default=1.0,
         help="scale simulated latencies (0.02 runs 50x faster)",
     )
@@ -105,8 +119,9 @@ def _engine_options(p: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="MODEL=KIND[xN]",
-        help="inject simulated failures (KIND: 429, 529, 500, timeout; refusal and truncated"
-        " are answered and billed)",
+        help="inject simulated failures: the next N calls (1-1000, default 1), or KIND@P each"
+        " call with probability P in [0, 1] (KIND: 429, 529, 500, timeout; refusal and"
+        " truncated are answered and billed)",
     )
 
 

@@ -35,6 +35,8 @@ FailureKind = Literal["429", "529", "500", "timeout", "refusal", "truncated"]
 BILLED_FAILURE_KINDS: tuple[str, ...] = ("refusal", "truncated")
 """Failures that come after the model answered: the call's tokens are billed all the same."""
 FAILURE_KINDS: tuple[str, ...] = ("429", "529", "500", "timeout", *BILLED_FAILURE_KINDS)
+MAX_FAILURE_COUNT = 1000
+"""The most calls one ``--fail MODEL=KINDxN`` may fail: more is a typo, not a test."""
 SIMULATED_TAG = "[simulated]"
 CACHE_MIN_TOKENS = 1024
 
@@ -86,7 +88,8 @@ class FailurePlan:
 
     @classmethod
     def parse(cls, specs: list[str]) -> FailurePlan:
-        """From ``MODEL=KIND[xN]`` (next N calls fail) or ``MODEL=KIND@P`` (each with prob P)."""
+        """From ``MODEL=KIND[xN]`` (next N calls fail, N in 1..``MAX_FAILURE_COUNT``) or
+        ``MODEL=KIND@P`` (each call fails with probability P, in [0, 1])."""
         plan = cls()
         for spec in specs:
             model, sep, rest = spec.partition("=")
@@ -98,6 +101,8 @@ class FailurePlan:
                     prob = float(p)
                 except ValueError:
                     raise ConfigError(f"--fail {spec!r}: {p!r} is not a probability") from None
+                if not 0.0 <= prob <= 1.0:  # also refuses nan
+                    raise ConfigError(f"--fail {spec!r}: probability {p!r} must be between 0 and 1")
                 make_failure(kind, model)
                 plan.rate[model] = (kind, prob)
                 continue
@@ -107,6 +112,8 @@ class FailurePlan:
                 count = int(n) if n else 1
             except ValueError:
                 raise ConfigError(f"--fail {spec!r}: {n!r} is not a count") from None
+            if not 1 <= count <= MAX_FAILURE_COUNT:
+                raise ConfigError(f"--fail {spec!r}: count {n!r} must be 1-{MAX_FAILURE_COUNT}")
             plan.queued.setdefault(model, []).extend([kind] * count)
         return plan
 

@@ -158,3 +158,32 @@ def test_run_refuses_huge_or_infinite_numbers(
     code = main(["run", str(task), "--json", "--time-scale", "0.001"])
     assert code == EXIT_BAD_INPUT
     assert f"{task}: {field}: " in one_line_error(capsys)
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["--time-scale", "nan"], "--time-scale: 'nan' is not a finite number"),
+        (["--time-scale", "inf"], "--time-scale: 'inf' is not a finite number"),
+        (["--time-scale", "1e300"], "--time-scale: '1e300' must be at most"),
+        (
+            ["--fail", "claude-haiku-4-5=refusalx99999999999999999999"],
+            "count '99999999999999999999' must be 1-1000",
+        ),
+        (["--fail", "claude-haiku-4-5=refusalx0"], "count '0' must be 1-1000"),
+        (["--fail", "claude-haiku-4-5=429x-1"], "count '-1' must be 1-1000"),
+        (["--fail", "claude-haiku-4-5=429@1.5"], "probability '1.5' must be between 0 and 1"),
+        (["--fail", "claude-haiku-4-5=429@-0.1"], "probability '-0.1' must be between 0 and 1"),
+        (["--fail", "claude-haiku-4-5=429@nan"], "probability 'nan' must be between 0 and 1"),
+    ],
+)
+def test_run_refuses_cli_numbers_out_of_range(
+    capsys: pytest.CaptureFixture[str], args: list[str], said: str
+) -> None:
+    with_scale = args if "--time-scale" in args else ["--time-scale", "0.001", *args]
+    try:
+        code = main(["run", QUESTION, *with_scale])
+    except SystemExit as exc:  # argparse's own refusals
+        code = int(exc.code or 0)
+    assert code == EXIT_BAD_INPUT
+    assert said in one_line_error(capsys)
