@@ -435,10 +435,18 @@ class Engine:
             tasks.add(t)
             t.add_done_callback(tasks.discard)
 
+        crashed: list[BaseException] = []
+
         async def worker(step_id: str) -> None:
-            async with sem:
-                await self._run_step(run, states[step_id], mat, classification, single)
-            finish(step_id)
+            try:
+                async with sem:
+                    await self._run_step(run, states[step_id], mat, classification, single)
+                finish(step_id)
+            except Exception as exc:
+                # Not the step's failure (that is recorded in it) but the engine's own, or an
+                # on_step callback's: fail the run rather than wait for a step that never ends.
+                crashed.append(exc)
+                done_event.set()
 
         for s in plan.steps:
             if waiting[s.id] == 0:
@@ -459,6 +467,11 @@ class Engine:
                     st.result.error = "deadline passed before it could start"
                 elif st.result.status == "cancelled":
                     st.result.finished_at = st.result.finished_at or now
+        if crashed:
+            for t in list(tasks):
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise crashed[0]
 
     def step_handoff(self, run: Run, step: Step) -> AgentHandoff:
         """The handoff a step receives (see ``step_view``)."""
@@ -500,6 +513,12 @@ class Engine:
         except PolyrouteError as exc:
             res.status = "failed"
             res.error = str(exc)
+        except Exception as exc:
+            # A bug or an unexpected error (a provider's, a counter's): the step fails with
+            # it, and the run goes on; it must never leave the run waiting.
+            logger.exception("step %s failed unexpectedly", step.id)
+            res.status = "failed"
+            res.error = f"internal error: {type(exc).__name__}: {exc}"
         finally:
             res.finished_at = self.cfg.clock()
             res.duration_ms = round((time.perf_counter() - t0) * 1000)

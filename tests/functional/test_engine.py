@@ -733,3 +733,37 @@ def test_a_repair_that_fits_the_budget_is_made_and_settled() -> None:
     step = result.steps[0]
     assert len(sim.calls) == 2 and step.status == "succeeded" and step.attempts == 2
     assert result.budgets.tokens_used == step.usage.total <= 3 * tokens
+
+
+class Broken(FakeProvider):
+    """Raises a plain RuntimeError (not a provider error) for the steps it is told to."""
+
+    def __init__(self, broken: set[str]) -> None:
+        super().__init__()
+        self.broken = broken
+
+    async def request(self, req: ModelRequest) -> ModelResponse:
+        if req.step_id in self.broken:
+            raise RuntimeError(f"bug in the provider on {req.step_id}")
+        return await super().request(req)
+
+
+def test_an_unexpected_error_fails_its_step_and_never_hangs_the_run() -> None:
+    provider = Broken({"b"})
+    t = task({"a": [], "b": [], "c": ["b"], "d": ["a"]})
+    # wait_for only guards the test suite against the old hang; nothing here is timed.
+    result = asyncio.run(asyncio.wait_for(engine(provider).run(t), timeout=60))
+    status = {s.step_id: s.status for s in result.steps}
+    assert status == {"a": "succeeded", "b": "failed", "c": "skipped", "d": "succeeded"}
+    b = result.steps[1]
+    assert b.error == "internal error: RuntimeError: bug in the provider on b"
+    assert result.status == "partial"
+
+
+def test_an_on_step_callback_that_raises_fails_the_run_instead_of_hanging_it() -> None:
+    def on_step(_res: object) -> None:
+        raise RuntimeError("callback bug")
+
+    run = engine(FakeProvider(), on_step=on_step).run(task({"a": [], "b": ["a"]}))
+    with pytest.raises(RuntimeError, match="callback bug"):
+        asyncio.run(asyncio.wait_for(run, timeout=60))
