@@ -24,7 +24,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import re
 import time
 import uuid
 from collections.abc import Callable
@@ -42,9 +41,11 @@ from polyroute.api import (
     TaskStatus,
     accept_task,
     check_idempotency_key,
+    check_task_id,
     fits_express,
     for_express,
     idempotency_conflict,
+    is_task_id,
     request_fingerprint,
     timed_out_on_express,
 )
@@ -55,7 +56,6 @@ from polyroute.workflow import IdempotencyRecord, IdempotencyStore, ResultStore
 REPLAY_POLL_S = 0.5  # a retried sync request waits for the first run at this interval
 _TRUE = {"true", "1", "yes"}
 _FALSE = {"false", "0", "no", ""}
-_EXECUTION_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,80}$")
 # On a running record (S3 object metadata, as TaskStatus has no place for it): which workflow
 # runs the task, so a GET can tell an Express run Step Functions stopped at 5 minutes.
 WORKFLOW_METADATA = "polyroute-workflow"
@@ -210,8 +210,7 @@ def post_task(
         if first is not None:
             return replay(first, key, fingerprint, wait, store=store, env=env, now=now, sleep=sleep)
     task_id = task.task_id or uuid.uuid4().hex[:16]
-    if not _EXECUTION_NAME.match(task_id):
-        raise Refused(400, "taskId: 1-80 letters, digits, '_', '.' or '-'", field="taskId")
+    check_task_id(task_id)
     if store.get(task_id) is not None:
         raise Refused(
             409,
@@ -279,7 +278,7 @@ def post_task(
 def get_task(event: dict[str, Any], store: ResultStore, now: datetime) -> dict[str, Any]:
     """``GET /v1/tasks/{taskId}``."""
     task_id = (event.get("pathParameters") or {}).get("taskId") or ""
-    status = current_status(store, task_id, now) if _EXECUTION_NAME.match(task_id) else None
+    status = current_status(store, task_id, now) if is_task_id(task_id) else None
     if status is None:
         raise Refused(404, f"no task with id {task_id!r}", field="taskId")
     return respond(200, status)

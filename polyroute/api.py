@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from datetime import date, datetime, timedelta
 from typing import Any, Literal
 
@@ -28,6 +29,10 @@ MAX_BODY_BYTES = 6 * 1024 * 1024  # Lambda's synchronous payload limit
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 MAX_IDEMPOTENCY_KEY = 255
 TaskState = Literal["running", "succeeded", "partial", "failed"]
+TASK_ID = re.compile(r"^[A-Za-z0-9_.\-]{1,80}$")
+"""A task id both APIs accept: it names a Step Functions execution (1-80 of these
+characters) and is the last segment of the task's URL, so it needs no escaping there."""
+TASK_ID_ERROR = "taskId: 1-80 ASCII letters, digits, '_', '.' or '-'"
 EXPRESS_MAX_S = 300  # Step Functions stops an Express execution at 5 minutes, uncatchably
 EXPRESS_LIMIT_S = 280  # a run on Express ends by then, leaving time to finish and record
 EXPRESS_GRACE_S = 60  # past its limit plus this, nothing can still record an Express run
@@ -114,6 +119,18 @@ def field_of(message: str) -> str | None:
     return head if head and " " not in head else None
 
 
+def is_task_id(task_id: str) -> bool:
+    """True when ``task_id`` is one both APIs accept (``TASK_ID``)."""
+    return TASK_ID.match(task_id) is not None
+
+
+def check_task_id(task_id: str | None) -> None:
+    """400 (field taskId) unless the id is absent or one both APIs accept: an id with '/',
+    '?' or '#' would be accepted but could never be fetched at ``/v1/tasks/{id}``."""
+    if task_id is not None and not is_task_id(task_id):
+        raise Refused(400, TASK_ID_ERROR, field="taskId")
+
+
 def check_idempotency_key(key: str | None) -> str | None:
     """The Idempotency-Key, trimmed, if any; 400 if it is empty or too long."""
     if key is None:
@@ -129,16 +146,17 @@ def check_idempotency_key(key: str | None) -> str | None:
 
 
 def accept_task(body: Any, registry: Registry, today: date | None = None) -> Task:
-    """A request body as a Task, checked before it is accepted: the schema, the plan (ids,
-    dependencies, cycle, maxSteps), inline attachments, and pinned models (known, and able
-    to take their step on ``today``, by default the current date: the engines' own check);
-    400 naming the field."""
+    """A request body as a Task, checked before it is accepted: the schema, the task id, the
+    plan (ids, dependencies, cycle, maxSteps), inline attachments, and pinned models (known,
+    and able to take their step on ``today``, by default the current date: the engines' own
+    check); 400 naming the field."""
     from polyroute.graph import validate_plan
     from polyroute.planner import check_pins
     from polyroute.taskfile import materialize
 
     try:
         task = parse_task_body(body)
+        check_task_id(task.task_id)
         if task.plan is not None:
             try:
                 validate_plan(task.plan, task.constraints.max_steps)

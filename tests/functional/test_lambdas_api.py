@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from polyroute.api import MAX_BODY_BYTES
+from polyroute.api import MAX_BODY_BYTES, TASK_ID_ERROR
 from polyroute.registry import load_registry
 from polyroute.spill import S3Store, Spiller
 from polyroute.workflow import ResultStore
@@ -539,3 +539,12 @@ def test_a_sync_retry_of_a_run_express_stopped_answers_failed_without_waiting(ap
     assert answer["statusCode"] == 200
     assert json.loads(answer["body"])["status"] == "failed"
     assert slept == []
+
+
+@pytest.mark.parametrize("task_id", ["x/y?z", "has space", "é", "a" * 81])
+def test_a_task_id_serve_would_refuse_is_refused_here_with_the_same_message(
+    api: Any, task_id: str
+) -> None:
+    answer = api(post({"description": "x", "taskId": task_id}, {"async": "true"}))
+    assert answer["statusCode"] == 400
+    assert answer["json"] == {"error": TASK_ID_ERROR, "field": "taskId"}

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from polyroute.api import TASK_ID_ERROR
 from polyroute.cli import main
 from polyroute.errors import EXIT_BAD_INPUT, InputError
 from polyroute.server import SERVER_STOPPED_ERROR, TaskService, is_loopback, serve
@@ -315,3 +316,18 @@ def test_serve_on_a_date_checks_pins_against_that_date(tmp_path: Path) -> None:
     ) as before:
         status, _, answer = post(before.url, body)
     assert status == 200, answer
+
+
+@pytest.mark.parametrize("task_id", ["x/y?z", "has space", "é", "a" * 81, ""])
+def test_a_task_id_the_deployed_api_refuses_is_400_here_too(
+    server: LocalServer, task_id: str
+) -> None:
+    status, _, body = post(server.url, {"description": "x", "taskId": task_id}, query="?async=true")
+    assert status == 400
+    assert body == {"error": TASK_ID_ERROR, "field": "taskId"}
+
+
+def test_a_task_id_of_80_allowed_characters_is_accepted(server: LocalServer) -> None:
+    task_id = "A-z_0.9" + "a" * 73
+    status, _, body = post(server.url, {"description": "x", "taskId": task_id}, query="?async=true")
+    assert status == 202 and body["location"] == f"/v1/tasks/{task_id}"
