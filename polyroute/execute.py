@@ -98,6 +98,7 @@ async def call_with_retries(
     breaker: Breaker | None = None,
     repair: bool = True,
     reserve_repair: ReserveRepair | None = None,
+    repair_policy: RetryPolicy | None = None,
 ) -> CallResult:
     """Call ``provider``; retry retryable errors; raise the non-retryable ones at once; then
     check the answer and repair it once if it was cut off or is not valid JSON.
@@ -107,7 +108,10 @@ async def call_with_retries(
     ``OutputTruncatedError`` when the answer is still cut off or invalid after the repair,
     and ``RepairNotAffordedError`` when ``reserve_repair`` (the caller's budget) cannot hold
     the repair call's worst case. An error raised after the provider answered carries what
-    those answers were billed (``ProviderError.usage``), so the caller can charge it."""
+    those answers were billed (``ProviderError.usage``), so the caller can charge it.
+    ``repair_policy`` retries the repair call (default: ``policy``); a caller whose retries
+    of the first call happen elsewhere (the state machine's ``Retry``) gives the repair
+    as many attempts in here, since an error after a billed answer cannot go back there."""
     first = await _call_retrying(provider, req, policy, rng, time_left_s, sleep, breaker)
     if not repair:
         return first
@@ -130,7 +134,9 @@ async def call_with_retries(
             limit = type(exc)(f"{where}: {problem}; its repair does not fit: {exc}")
             raise RepairNotAffordedError(limit, r1.usage, first.attempts) from exc
     try:
-        second = await _call_retrying(provider, fix, policy, rng, time_left_s, sleep, breaker)
+        second = await _call_retrying(
+            provider, fix, repair_policy or policy, rng, time_left_s, sleep, breaker
+        )
     except RetriesExhaustedError as exc:
         exc.last.billed(r1.usage)
         raise RetriesExhaustedError(exc.last, first.attempts + exc.attempts) from exc

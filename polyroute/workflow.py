@@ -22,6 +22,7 @@ Step Functions' 256 KiB limit.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import json
 import math
@@ -664,6 +665,9 @@ class Workflow:
                     self.cfg.sleep,
                     breaker=self.cfg.breaker,
                     reserve_repair=repair_reserver(budget, spec, self._now, []),
+                    repair_policy=dataclasses.replace(
+                        self.cfg.retry, max_attempts=EXECUTE_ATTEMPTS
+                    ),
                 )
             )
         except RepairNotAffordedError as exc:
@@ -690,7 +694,10 @@ class Workflow:
             res.reason = call.reason
         res.attempts = call.attempts
         res.usage, res.cost_usd = call.billed, round(call.billed_cost_usd, 8)
-        completed = record_success(res, step, spec, resp, packed.compressed, retry_count + 1)
+        # The state machine's retries of this call, then this invocation's calls (an answer
+        # and its repair, with the repair's retries), as the local engine counts them.
+        attempts = retry_count + result.attempts
+        completed = record_success(res, step, spec, resp, packed.compressed, attempts)
         cost = call.billed_cost_usd + call_cost(spec, resp.usage)
         res.status = "succeeded"
         res.finished_at = self._now()

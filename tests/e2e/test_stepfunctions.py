@@ -451,3 +451,24 @@ def test_a_repair_that_does_not_fit_the_budget_is_not_made_as_locally(
     assert result.budgets.cost_used_usd == pytest.approx(local.budgets.cost_used_usd)
     assert result.budgets.cost_used_usd <= (result.budgets.max_cost_usd or 1.0)
     assert result.budgets.tokens_used <= (result.budgets.max_token_budget or 10**6)
+
+
+@pytest.mark.parametrize(
+    ("failures", "attempts"),
+    [
+        (["claude-haiku-4-5=truncated"], 2),
+        (["claude-haiku-4-5=truncated", "claude-haiku-4-5=429x3"], 5),
+        (["claude-haiku-4-5=429x1", "claude-haiku-4-5=truncated"], 3),
+    ],
+)
+def test_attempts_count_the_repair_and_its_retries_as_locally(
+    failures: list[str], attempts: int
+) -> None:
+    """A repaired answer is two calls; a repair retried three times and then failed over is
+    five, on both engines."""
+    task = load_task(EXAMPLES / "question.json")
+    result = run_on_stepfunctions_local(task, config(failures))
+    local = local_result(task, failures)
+    assert result.steps[0].attempts == local.steps[0].attempts == attempts
+    assert steps_of(result) == steps_of(local)
+    assert result.totals.cost_usd == local.totals.cost_usd

@@ -177,10 +177,11 @@ def test_step_metrics_report_tokens_and_cost_by_model() -> None:
 def test_a_billed_answer_before_a_fallback_is_charged_once(
     make_handlers: Callable[[list[str]], Any],
 ) -> None:
-    """The cut-off answer was billed, then its repair hit a 529: the executor takes the
-    Catch's path itself, so the billing travels with the next model's call, the budget is
-    charged it when the step is requeued, and the step's result carries both calls."""
-    handlers = make_handlers(["claude-haiku-4-5=truncated", "claude-haiku-4-5=529"])
+    """The cut-off answer was billed, then its repair hit 529s until its retries (made in
+    the executor, as the local engine makes them) ran out: the executor takes the Catch's
+    path itself, so the billing travels with the next model's call, the budget is charged
+    it when the step is requeued, and the step's result carries both calls."""
+    handlers = make_handlers(["claude-haiku-4-5=truncated", "claude-haiku-4-5=529x3"])
     task = load_task(EXAMPLES / "code_review.json").to_wire()
     started = handlers("classifier", {"task": task, "taskId": "cr"})
     wave = handlers("scheduler", handlers("planner", started))

@@ -314,3 +314,18 @@ def test_no_reservation_when_no_repair_is_needed() -> None:
     reserved: list[ModelRequest] = []
     call(Scripted('{"a": 1}'), reserve_repair=reserved.append)
     assert reserved == []
+
+
+def test_the_repair_call_may_have_its_own_retry_policy() -> None:
+    """A caller that retries the first call elsewhere (the state machine) still has the
+    repair retried in here, where its failure would otherwise lose the billed answer."""
+    p = Scripted(("cut", "max_tokens"), RateLimitedError("429"), RateLimitedError("429"), "{}")
+    result = call(
+        Scripted(*p.script),
+        policy=RetryPolicy(max_attempts=1, base_delay_s=0.0),
+        repair_policy=RetryPolicy(max_attempts=3, base_delay_s=0.0),
+    )
+    assert result.attempts == 4 and result.response.text == "{}"
+    with pytest.raises(RetriesExhaustedError) as info:
+        call(p, policy=RetryPolicy(max_attempts=1, base_delay_s=0.0))
+    assert info.value.attempts == 2
