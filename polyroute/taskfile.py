@@ -19,13 +19,52 @@ from polyroute.registry import first_error
 from polyroute.schema import Attachment, Task
 from polyroute.tokens import estimate_image_tokens, estimate_tokens
 
-_MEDIA_TYPES = {
-    ".png": "image/png",
-    ".jpg": "image/jpeg",
-    ".jpeg": "image/jpeg",
-    ".gif": "image/gif",
-    ".webp": "image/webp",
+IMAGE_MEDIA_TYPES: tuple[str, ...] = ("image/png", "image/jpeg", "image/gif", "image/webp")
+"""The image types every provider takes (Anthropic, OpenAI and Bedrock Converse)."""
+_KIND_NAMES = {
+    "image/png": "PNG",
+    "image/jpeg": "JPEG",
+    "image/gif": "GIF",
+    "image/webp": "WebP",
 }
+
+
+def sniff_image(raw: bytes) -> str | None:
+    """The media type the bytes' magic number says, among ``IMAGE_MEDIA_TYPES``, or None."""
+    if raw.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "image/png"
+    if raw.startswith(b"\xff\xd8\xff"):
+        return "image/jpeg"
+    if raw.startswith((b"GIF87a", b"GIF89a")):
+        return "image/gif"
+    if raw[:4] == b"RIFF" and raw[8:12] == b"WEBP":
+        return "image/webp"
+    return None
+
+
+def _checked_media_type(i: int, source: str, given: str | None, raw: bytes) -> str:
+    """The image's media type: the one given, if the providers take it and the bytes are
+    such an image, else the one the bytes say. A real provider refuses a mismatch with a
+    400, but only after classification and planning were paid for."""
+    if given is not None and given.lower() not in IMAGE_MEDIA_TYPES:
+        raise TaskFileError(
+            f"attachments.{i}.mediaType: {given!r} is not an image type the providers accept"
+            f" ({', '.join(IMAGE_MEDIA_TYPES)})"
+        )
+    if not raw:
+        raise TaskFileError(f"attachments.{i}.{source}: the image is empty")
+    found = sniff_image(raw)
+    if found is None:
+        raise TaskFileError(
+            f"attachments.{i}.{source}: not a PNG, JPEG, GIF or WebP image"
+            f" (it starts with {raw[:8]!r})"
+        )
+    if given is not None and given.lower() != found:
+        raise TaskFileError(
+            f"attachments.{i}.mediaType: {given!r} does not match the image, which is a"
+            f" {_KIND_NAMES[found]} ({found})"
+        )
+    return found
 
 
 def parse_task(data: Any, source: str, base_dir: Path | None = None) -> Task:
@@ -56,8 +95,20 @@ def load_task(path: str | Path) -> Task:
         raise TaskFileError(f"{p}: invalid JSON at line {exc.lineno}: {exc.msg}") from None
     task = parse_task(data, str(p), p.parent)
     for i, att in enumerate(task.attachments):
-        if att.path is not None and not Path(att.path).is_file():
-            raise TaskFileError(f"{p}: attachments.{i}.path: no such file {Path(att.path).name}")
+        if att.path is None:
+            continue
+        where = Path(att.path)
+        if where.is_dir():
+            raise TaskFileError(
+                f"{p}: attachments.{i}.path: {where.name}/ is a directory, not a file"
+            )
+        if not where.is_file():
+            raise TaskFileError(f"{p}: attachments.{i}.path: no such file {where.name}")
+    try:
+        # Read now, so a bad attachment is refused naming this file, before anything runs.
+        materialize(task.attachments)
+    except TaskFileError as exc:
+        raise TaskFileError(f"{p}: {exc}") from None
     return task
 
 
@@ -110,7 +161,7 @@ def materialize(attachments: list[Attachment]) -> Materialized:
                 raw = Path(att.path).read_bytes()
             except OSError as exc:
                 raise TaskFileError(f"attachments.{i}.path: cannot read: {exc}") from None
-            media = att.media_type or _MEDIA_TYPES.get(Path(att.path).suffix.lower())
+            media = _checked_media_type(i, "path", att.media_type, raw)
             b64 = base64.b64encode(raw).decode("ascii")
         else:
             b64 = att.data or ""
@@ -118,9 +169,7 @@ def materialize(attachments: list[Attachment]) -> Materialized:
                 raw = base64.b64decode(b64, validate=True)
             except (binascii.Error, ValueError):
                 raise TaskFileError(f"attachments.{i}.data: not valid base64") from None
-            media = att.media_type
-        if media is None:
-            media = "image/jpeg" if raw[:2] == b"\xff\xd8" else "image/png"
+            media = _checked_media_type(i, "data", att.media_type, raw)
         w, h = _image_size(raw)
         image_tokens += estimate_image_tokens(w, h)
         images.append(ImageInput(media_type=media, data_b64=b64))

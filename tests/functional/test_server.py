@@ -331,3 +331,24 @@ def test_a_task_id_of_80_allowed_characters_is_accepted(server: LocalServer) -> 
     task_id = "A-z_0.9" + "a" * 73
     status, _, body = post(server.url, {"description": "x", "taskId": task_id}, query="?async=true")
     assert status == 202 and body["location"] == f"/v1/tasks/{task_id}"
+
+
+@pytest.mark.parametrize(
+    ("attachment", "field"),
+    [
+        ({"kind": "image", "data": "aGVsbG8gd29ybGQ=", "mediaType": "image/png"},
+         "attachments.0.data"),
+        ({"kind": "image", "data": ""}, "attachments.0.data"),
+        ({"kind": "image", "data": "iVBORw0KGgo=", "mediaType": "text/html"},
+         "attachments.0.mediaType"),
+    ],
+)  # fmt: skip
+def test_an_image_that_is_not_one_is_400_before_anything_runs(
+    server: LocalServer, attachment: dict[str, Any], field: str
+) -> None:
+    runs = CountingRuns(server)
+    status, _, body = post(
+        server.url, {"description": "x", "attachments": [attachment]}, query="?async=true"
+    )
+    assert status == 400 and body["field"] == field
+    assert runs.count == 0
