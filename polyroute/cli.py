@@ -84,15 +84,36 @@ def _config_options(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _engine_options(p: argparse.ArgumentParser) -> None:
+def _local_engine(text: str) -> str:
+    if text == "local":
+        return text
+    if text == "stepfunctions-local":
+        raise argparse.ArgumentTypeError(
+            "stepfunctions-local is only for 'run'; this command runs on the local engine"
+        )
+    raise argparse.ArgumentTypeError(f"{text!r} is not an engine (this command takes 'local')")
+
+
+def _engine_options(p: argparse.ArgumentParser, *, state_machine: bool = False) -> None:
+    """The options of a command that runs tasks; ``--engine stepfunctions-local`` only where
+    the command honours it (``run``): elsewhere it is refused, not silently ignored."""
     _config_options(p)
-    p.add_argument(
-        "--engine",
-        choices=["local", "stepfunctions-local"],
-        default="local",
-        help="local (in-process asyncio, default) or stepfunctions-local (the real state "
-        "machine under moto, each Lambda handler run in-process)",
-    )
+    if state_machine:
+        p.add_argument(
+            "--engine",
+            choices=["local", "stepfunctions-local"],
+            default="local",
+            help="local (in-process asyncio, default) or stepfunctions-local (the real state "
+            "machine under moto, each Lambda handler run in-process)",
+        )
+    else:
+        p.add_argument(
+            "--engine",
+            type=_local_engine,
+            default="local",
+            metavar="{local}",
+            help="local (in-process asyncio) only: stepfunctions-local is for 'run'",
+        )
     p.add_argument(
         "--provider",
         choices=["simulated", "auto"],
@@ -136,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("task", metavar="TASK.json")
     p.add_argument("--json", action="store_true", help="print the RunResult as JSON")
     p.add_argument("--report", metavar="DIR", help="also write run.json, report.html and a PNG")
-    _engine_options(p)
+    _engine_options(p, state_machine=True)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("route", help="show which model a task would go to, and why")

@@ -187,3 +187,28 @@ def test_run_refuses_cli_numbers_out_of_range(
         code = int(exc.code or 0)
     assert code == EXIT_BAD_INPUT
     assert said in one_line_error(capsys)
+
+
+# --- --engine stepfunctions-local only where it is honoured -----------------------------------
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["batch", str(EXAMPLES / "batch.jsonl"), "--out", "results.jsonl"],
+        ["serve"],
+        ["plan", QUESTION],
+    ],
+)
+def test_engine_stepfunctions_local_is_refused_where_it_would_be_ignored(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    command: list[str],
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as caught:
+        main([*command, "--engine", "stepfunctions-local"])
+    assert caught.value.code == EXIT_BAD_INPUT
+    assert "stepfunctions-local is only for 'run'" in one_line_error(capsys)
+    assert not (tmp_path / "results.jsonl").exists()
