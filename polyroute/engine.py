@@ -686,6 +686,8 @@ def pending_result(step: Step) -> StepResult:
 
 
 PLANNING_STEP_ID = "planning"
+NO_BASELINE_MODEL = ""
+"""The baseline's model when no step was billed: there is no baseline to compare with."""
 
 
 def planning_failed(exc: PolyrouteError, now: datetime) -> tuple[Plan, StepResult]:
@@ -1028,21 +1030,27 @@ def build_result(
 ) -> RunResult:
     """A run's result: status, totals, critical path and the one-model baseline.
 
+    The baseline prices every billed step's usage (a failed step's billed answers too) on
+    the most expensive model a billed call used; with nothing billed there is none (its
+    model is ``NO_BASELINE_MODEL``, its cost 0).
+
     The totals count classification and planning (``classifier_cost``,
     ``classifier_usage``) with the steps. A run is simulated when any provider it called,
     for any purpose and whether or not the call succeeded, is the simulated one."""
     usage = sum((r.usage for r in results), classifier_usage or Usage())
     simulated = simulated or SimulatedProvider.name in providers.values()
     routed = sum(r.cost_usd for r in results)
-    used_models = sorted({r.model for r in results if r.model and r.status == "succeeded"})
-    if used_models:
-        base_spec = registry.most_expensive(used_models)
-        baseline_cost = sum(
-            call_cost(base_spec, r.usage) for r in results if r.status == "succeeded"
+    # Every step that was billed, failed or not, is in the routed cost: so in the baseline.
+    billed = [r for r in results if r.model and r.usage.total > 0]
+    if billed:
+        base_spec = registry.most_expensive(sorted({r.model for r in billed if r.model}))
+        baseline = Baseline(
+            model=base_spec.id,
+            cost_usd=round(sum(call_cost(base_spec, r.usage) for r in billed), 8),
         )
     else:
-        base_spec = registry.tier("reasoning")
-        baseline_cost = 0.0
+        baseline = Baseline(model=NO_BASELINE_MODEL, cost_usd=0.0)
+    baseline_cost = baseline.cost_usd
     total_routed = routed + classifier_cost
     durations = {r.step_id: float(r.duration_ms) for r in results}
     path, length = critical_path(plan, lambda s: durations.get(s.id, 0.0))
@@ -1069,7 +1077,7 @@ def build_result(
             critical_path_ms=round(length),
             classifier_cost_usd=round(classifier_cost, 8),
         ),
-        baseline=Baseline(model=base_spec.id, cost_usd=round(baseline_cost, 8)),
+        baseline=baseline,
         savings_pct=savings_pct(total_routed, baseline_cost),
         budgets=budgets,
         handoff=handoff,

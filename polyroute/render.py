@@ -108,10 +108,13 @@ def render_run(result: RunResult, reason_width: int = 200) -> str:
         f" / {t.output_tokens:,} out; wall {t.duration_ms / 1000:.2f}s,"
         f" critical path {t.critical_path_ms / 1000:.2f}s ({' -> '.join(result.critical_path)})"
     )
-    lines.append(
-        f"baseline: every step on {result.baseline.model} would cost "
-        f"{usd(result.baseline.cost_usd)}; saving {result.savings_pct:.1f}%"
-    )
+    if result.baseline.model:
+        lines.append(
+            f"baseline: every step on {result.baseline.model} would cost "
+            f"{usd(result.baseline.cost_usd)}; saving {result.savings_pct:.1f}%"
+        )
+    else:
+        lines.append("baseline: none (no step was billed)")
     b = result.budgets
     limits = [f"steps {b.steps_used}/{b.max_steps}"]
     if b.max_token_budget is not None:

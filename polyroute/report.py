@@ -179,9 +179,11 @@ def _waves_of(steps: list[StepResult]) -> list[list[str]]:
 
 
 def _baseline_by_step(result: RunResult) -> dict[str, float]:
-    """What each succeeded step would have cost on the baseline model: priced with the
-    registry when it knows the model, else the baseline total shared out by tokens."""
-    done = [s for s in result.steps if s.status == "succeeded"]
+    """What each billed step (failed ones too) would have cost on the baseline model: priced
+    with the registry when it knows the model, else the baseline total shared out by tokens."""
+    done = [s for s in result.steps if s.usage.total > 0]
+    if not result.baseline.model:
+        return {}
     try:
         from polyroute.cost import call_cost
         from polyroute.registry import load_registry
@@ -383,6 +385,9 @@ def cost_by_model_svg(d: ReportData) -> str:
     r = d.result
     if r.totals.classifier_cost_usd:
         items.append(("classifier / planner", r.totals.classifier_cost_usd, NO_MODEL, "routed"))
+    if not r.baseline.model:
+        note = f"Routed {usd(r.totals.cost_usd)}; no step was billed, so there is no baseline."
+        return _hbars(items, label_w=240) + f'<p class="chart-note">{esc(note)}</p>'
     items.append((f"baseline: all on {r.baseline.model}", r.baseline.cost_usd, BASELINE, "base"))
     saved = r.baseline.cost_usd - r.totals.cost_usd
     note = (
@@ -600,6 +605,7 @@ def render_html(result: RunResult) -> str:
     r, t = result, result.totals
     ok = sum(1 for s in r.steps if s.status == "succeeded")
     saved = r.baseline.cost_usd - t.cost_usd
+    against = f"against every step on {r.baseline.model}" if r.baseline.model else "no baseline"
     parallel_gain = t.duration_ms and sum(s.duration_ms for s in r.steps) / max(1, t.duration_ms)
     banner = (
         '<div class="banner">Simulated run: the answers come from the offline simulated '
@@ -617,10 +623,16 @@ def render_html(result: RunResult) -> str:
         else ""
     )
     kpis = [
-        ("Cost", usd(t.cost_usd), f"baseline {usd(r.baseline.cost_usd)} on {r.baseline.model}"),
+        (
+            "Cost",
+            usd(t.cost_usd),
+            f"baseline {usd(r.baseline.cost_usd)} on {r.baseline.model}"
+            if r.baseline.model
+            else "no baseline: no step was billed",
+        ),
         (
             "Saving",
-            f"{r.savings_pct:.1f}%",
+            f"{r.savings_pct:.1f}%" if r.baseline.model else "-",
             f"{usd(saved)} less than one model for every step" if saved > 0 else "no saving",
         ),
         (
@@ -675,7 +687,7 @@ def render_html(result: RunResult) -> str:
 
 <section class="two">
   <div class="panel">
-    <h2>Cost by model <small>against every step on {esc(r.baseline.model)}</small></h2>
+    <h2>Cost by model <small>{esc(against)}</small></h2>
     {cost_by_model_svg(d)}
   </div>
   <div class="panel">
@@ -921,7 +933,12 @@ def write_timeline_png(result: RunResult, path: str | Path) -> Path:
         ax.set_title(
             _plain(
                 f"{result.task_id}: {result.status}, {usd(result.totals.cost_usd)} "
-                f"(baseline {usd(result.baseline.cost_usd)}), critical path {crit_text}"
+                + (
+                    f"(baseline {usd(result.baseline.cost_usd)}), "
+                    if result.baseline.model
+                    else "(no baseline), "
+                )
+                + f"critical path {crit_text}"
             ),
             fontsize=9.5,
             loc="left",

@@ -767,3 +767,32 @@ def test_an_on_step_callback_that_raises_fails_the_run_instead_of_hanging_it() -
     run = engine(FakeProvider(), on_step=on_step).run(task({"a": [], "b": ["a"]}))
     with pytest.raises(RuntimeError, match="callback bug"):
         asyncio.run(asyncio.wait_for(run, timeout=60))
+
+
+@pytest.mark.parametrize("failure", ["claude-haiku-4-5=refusal", "claude-sonnet-4-5=refusal"])
+def test_the_baseline_prices_every_billed_step_on_a_model_a_billed_call_used(
+    failure: str,
+) -> None:
+    """A refused answer is billed: it is in the routed cost, so it is in the baseline, and
+    the baseline model is one that was billed, never an unused one at $0."""
+    sim = SimulatedProvider(time_scale=0.0, failures=FailurePlan.parse([failure]))
+    result = asyncio.run(engine(sim).run(load_task(EXAMPLES / "code_review.json")))
+    reg = load_registry()
+    billed = [s for s in result.steps if s.usage.total > 0]
+    assert any(s.status == "failed" for s in billed)
+    top = reg.most_expensive(sorted({s.model for s in billed if s.model}))
+    assert result.baseline.model == top.id
+    assert result.baseline.cost_usd == pytest.approx(sum(call_cost(top, s.usage) for s in billed))
+    assert result.baseline.cost_usd >= result.totals.cost_usd - 1e-9  # like with like
+    assert 0 <= result.savings_pct < 100
+
+
+def test_with_nothing_billed_there_is_no_baseline() -> None:
+    from polyroute.render import render_run
+
+    sim = SimulatedProvider(time_scale=0.0)
+    result = asyncio.run(engine(sim).run(planning_task(max_cost_usd=0.005)))
+    assert result.baseline.model == "" and result.baseline.cost_usd == 0
+    assert result.savings_pct == 0
+    text = render_run(result)
+    assert "baseline: none (no step was billed)" in text and "opus" not in text.split("why")[0]

@@ -180,3 +180,19 @@ def test_cli_report_and_run_report(
     assert code == EXIT_OK
     assert sorted(p.name for p in target.iterdir()) == ["report.html", "run.json", "timeline.png"]
     assert load_run(target / "run.json").status == "succeeded"
+
+
+def test_a_run_with_nothing_billed_names_no_baseline_model() -> None:
+    from polyroute.engine import Engine
+
+    engine = _make_engine(
+        build_parser().parse_args(["run", "x.json", "--time-scale", "0", "--on", "2026-11-27"])
+    )
+    assert isinstance(engine, Engine)
+    task = load_task(EXAMPLES / "planning.json")
+    task.constraints.max_cost_usd = 0.005  # the planner does not fit: nothing is billed
+    result = asyncio.run(engine.run(task))
+    assert result.baseline.model == ""
+    page = render_html(result)
+    assert "no baseline: no step was billed" in page
+    assert "baseline: all on" not in page and "against every step on" not in page
