@@ -458,8 +458,14 @@ async def run_batch(
 
     Results of another tasks file are refused (InputError) before anything is written;
     ``restart`` moves an existing results file aside to :func:`backup_path` and runs every
-    line."""
+    line. A file with no task lines (empty, or only blank and comment lines) is an
+    InputError: there is nothing to run."""
     items = read_task_lines(tasks_path)
+    if not items:
+        raise InputError(
+            f"{tasks_path}: no tasks in the file (it is empty, or holds only blank and comment"
+            " lines); put one task per line as JSON"
+        )
     prog = progress or Progress(total=len(items), enabled=False)
     prog.total = len(items)
     warn = progress.stream if progress is not None and progress.enabled else None

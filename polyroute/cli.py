@@ -275,12 +275,27 @@ def _make_engine(args: argparse.Namespace) -> Any:
     )
 
 
+def _check_pins(path: str, task: Any, engine: Any) -> None:
+    """Check the task's pinned models before anything runs, as the engine would, but with
+    the error naming the task file, as other task-file errors do."""
+    from polyroute.planner import check_pins
+
+    if task.plan is None:
+        return
+    images = sum(1 for att in task.attachments if att.kind == "image")
+    try:
+        check_pins(task.plan, engine.cfg.registry, engine.cfg.today or date.today(), images)
+    except InputError as exc:
+        raise type(exc)(f"{path}: {exc}") from None
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from polyroute.render import render_run
     from polyroute.taskfile import load_task
 
     task = load_task(args.task)
     engine = _make_engine(args)
+    _check_pins(args.task, task, engine)
     if args.engine == "stepfunctions-local":
         from polyroute.sfn_local import run_on_stepfunctions_local
 
@@ -346,6 +361,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
     task = load_task(args.task)
     engine = _make_engine(args)
+    _check_pins(args.task, task, engine)
 
     async def go() -> PlanReport:
         run = Run(engine, task, task.task_id or "plan")

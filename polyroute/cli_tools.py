@@ -135,10 +135,41 @@ def cmd_batch(args: argparse.Namespace) -> int:
     return summary.exit_code
 
 
+def _check_not_a_status_without_result(path: str) -> None:
+    """Refuse, with what it is, a TaskStatus (GET /v1/tasks/{id}) that holds no result: one
+    of a task that failed before running, or one still running. ``load_run`` reports the
+    result of a status that has one, and says what else is wrong with any other file."""
+    import json
+
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
+        return  # load_run says what is wrong with the file
+    if not isinstance(data, dict) or "steps" in data or data.get("result") is not None:
+        return
+    task_id = data.get("taskId", data.get("task_id"))
+    status = data.get("status")
+    if not isinstance(task_id, str) or status not in ("running", "succeeded", "partial", "failed"):
+        return
+    if status == "running":
+        raise InputError(
+            f"{path}: a task status (GET /v1/tasks/{task_id}) of a task still running: it has"
+            " no result yet; fetch it again when it has finished"
+        )
+    if status == "failed":
+        error = data.get("error") or "no error recorded"
+        raise InputError(
+            f"{path}: a task status (GET /v1/tasks/{task_id}) of a task that failed before"
+            f" producing a result, so there is nothing to report: {error}"
+        )
+    raise InputError(f"{path}: a task status (GET /v1/tasks/{task_id}) with no result")
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     """``polyroute report``."""
     from polyroute.report import load_run, write_html, write_timeline_png
 
+    _check_not_a_status_without_result(args.run)
     result = load_run(args.run)
     out = write_html(result, args.out)
     print(f"report: {out}")

@@ -57,6 +57,11 @@ def apply_prices(registry: Registry, path: str | Path) -> Registry:
         raise ConfigError(f"{p}: is not valid YAML or JSON") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{p}: expected a mapping of model id to prices")
+    if "models" in data and ("schema_version" in data or "tiers" in data):
+        raise ConfigError(
+            f"{p}: looks like a model registry, not a prices file: give it with --models, or"
+            " give --prices a mapping of model id to prices ({model: {input, output}})"
+        )
     models = dict(registry.models)
     for model_id, raw in data.items():
         spec = registry.get(str(model_id))

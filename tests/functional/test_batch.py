@@ -412,3 +412,16 @@ def test_a_line_with_a_huge_or_infinite_number_is_invalid_not_failed(tmp_path: P
     assert (records[1].error or "").startswith("constraints.timeoutSeconds: ")
     assert records[2].status == "invalid"
     assert (records[2].error or "").startswith("constraints.maxCostUsd: ")
+
+
+@pytest.mark.parametrize("text", ["", "\n\n", "# only a comment\n   \n"])
+def test_a_tasks_file_without_tasks_is_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str
+) -> None:
+    tasks = tmp_path / "empty.jsonl"
+    tasks.write_text(text, encoding="utf-8")
+    out = tmp_path / "r.jsonl"
+    assert main(["batch", str(tasks), "--out", str(out), "--quiet"]) == EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{tasks}: no tasks in the file" in err
+    assert not out.exists()

@@ -212,3 +212,45 @@ def test_engine_stepfunctions_local_is_refused_where_it_would_be_ignored(
     assert caught.value.code == EXIT_BAD_INPUT
     assert "stepfunctions-local is only for 'run'" in one_line_error(capsys)
     assert not (tmp_path / "results.jsonl").exists()
+
+
+# --- messages that say what is wrong, and where -----------------------------------------------
+
+
+def test_report_on_the_status_of_a_task_that_failed_before_running_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    status = tmp_path / "status.json"
+    status.write_text(
+        json.dumps(
+            {"taskId": "t1", "status": "failed", "result": None, "error": "cycle: a -> b -> a"}
+        )
+    )
+    code = main(["report", str(status), "--out", str(tmp_path / "r.html")])
+    assert code == EXIT_BAD_INPUT
+    assert one_line_error(capsys).endswith(
+        f"{status}: a task status (GET /v1/tasks/t1) of a task that failed before producing"
+        " a result, so there is nothing to report: cycle: a -> b -> a"
+    )
+    assert not (tmp_path / "r.html").exists()
+
+
+def test_cost_with_the_model_registry_as_prices_says_it_is_a_registry(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    registry = REPO / "polyroute" / "config" / "models.yaml"
+    assert main(["cost", "--prices", str(registry)]) == EXIT_BAD_INPUT
+    assert "looks like a model registry, not a prices file" in one_line_error(capsys)
+
+
+def test_a_pin_that_cannot_run_on_the_date_names_the_task_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    task = tmp_path / "pinned.json"
+    step = {"id": "s", "description": "review", "model": "claude-sonnet-4-5"}
+    task.write_text(json.dumps({"description": "x", "plan": {"steps": [step]}}))
+    code = main(["run", str(task), "--on", "2099-01-01", "--time-scale", "0.001"])
+    assert code == EXIT_BAD_INPUT
+    assert f"error: {task}: plan.steps.0.model: step s pins claude-sonnet-4-5" in (
+        one_line_error(capsys)
+    )
