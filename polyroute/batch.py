@@ -75,6 +75,10 @@ class BatchRecord(WireModel):
         return self.stop_reason in STOP_REASONS and self.status != "succeeded"
 
 
+CLASSIFIER_ROW = "classifier / planner"
+"""The summary table's row for what classifying and planning cost, outside any step."""
+
+
 class ModelUsage(WireModel):
     """Steps and dollars one model took across the batch."""
 
@@ -94,6 +98,11 @@ class BatchSummary(WireModel):
     baseline_cost_usd: float
     savings_pct: float
     by_model: dict[str, ModelUsage]
+    classifier_cost_usd: float = Field(
+        default=0.0,
+        description="What classifying and planning the tasks cost, outside any step: with "
+        "byModel, it adds up to costUsd.",
+    )
     invalid_lines: list[int] = Field(default_factory=list)
     failed_lines: list[int] = Field(default_factory=list)
     exit_code: int
@@ -571,6 +580,9 @@ def summarize(records: list[BatchRecord], skipped_already_done: int = 0) -> Batc
             mu = by_model[s.model]
             mu.steps += 1
             mu.cost_usd = round(mu.cost_usd + s.cost_usd, 8)
+    classifier = round(
+        sum(r.result.totals.classifier_cost_usd for r in records if r.result is not None), 8
+    )
     cost = round(sum(r.cost_usd for r in records), 8)
     baseline = round(sum(r.baseline_cost_usd for r in records), 8)
     stopped = sum(r.stopped for r in records)
@@ -591,6 +603,7 @@ def summarize(records: list[BatchRecord], skipped_already_done: int = 0) -> Batc
         baseline_cost_usd=baseline,
         savings_pct=savings_pct(cost, baseline),
         by_model=dict(sorted(by_model.items())),
+        classifier_cost_usd=classifier,
         invalid_lines=invalid,
         failed_lines=[n for n in failed if n not in invalid],
         exit_code=code,
@@ -609,6 +622,9 @@ def render_summary(summary: BatchSummary, source: str, out: str) -> str:
     lines.append(table(["status", "tasks"], status_rows, right={1}))
     lines.append("")
     model_rows = [[m, str(u.steps), usd(u.cost_usd)] for m, u in summary.by_model.items()]
+    if summary.classifier_cost_usd:
+        # Spend outside any step, so that the rows add up to the cost below.
+        model_rows.append([CLASSIFIER_ROW, "-", usd(summary.classifier_cost_usd)])
     if model_rows:
         lines.append(table(["model", "steps", "cost"], model_rows, right={1, 2}))
         lines.append("")

@@ -26,6 +26,7 @@ from polyroute.batch import (
 )
 from polyroute.cli import _make_engine, build_parser, main
 from polyroute.errors import EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_OK, EXIT_STOPPED, InputError
+from polyroute.render import usd
 
 from ..conftest import EXAMPLES
 
@@ -425,3 +426,19 @@ def test_a_tasks_file_without_tasks_is_exit_2(
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"{tasks}: no tasks in the file" in err
     assert not out.exists()
+
+
+def test_the_summary_rows_add_up_to_the_cost_with_a_classifier_planner_row(
+    tmp_path: Path,
+) -> None:
+    planning = json.loads((EXAMPLES / "planning.json").read_text())
+    tasks = write_jsonl(tmp_path / "t.jsonl", [QUESTION, planning])
+    out = tmp_path / "r.jsonl"
+    summary = asyncio.run(run_batch(engine(), tasks, out, concurrency=2))
+    assert summary.classifier_cost_usd > 0, "the planning task asks the planning model"
+    rows = sum(m.cost_usd for m in summary.by_model.values()) + summary.classifier_cost_usd
+    assert rows == pytest.approx(summary.cost_usd, abs=1e-6)
+    text = render_summary(summary, "t.jsonl", "r.jsonl")
+    row = next(line for line in text.splitlines() if line.startswith("classifier / planner"))
+    assert row.split()[-2:] == ["-", usd(summary.classifier_cost_usd)]
+    assert summary.to_wire()["classifierCostUsd"] == summary.classifier_cost_usd
