@@ -156,12 +156,15 @@ def pin_problem(spec: ModelSpec, step: Step, today: date, images: int = 0) -> st
 
 
 def check_pins(plan: Plan, registry: Registry, today: date, images: int = 0) -> None:
-    """Check every pinned model of a plan before anything runs: an input error (one line,
-    ``plan.steps.<i>.model: ...``, naming the step and the model) if a step pins a model
-    the registry does not know or one that cannot take it. ``images``: how many images the
-    task attaches."""
+    """Check every step of a plan against the registry before anything runs: an input error
+    (one line, naming the step) if a step pins a model the registry does not know or one
+    that cannot take it (``plan.steps.<i>.model: ...``), or if no model at all can take an
+    unpinned step by its hard requirements (``plan.steps.<i>: ...``: capabilities, output
+    size, retired on ``today``; the input's size and the budget are the router's, at run
+    time). ``images``: how many images the task attaches."""
     for i, step in enumerate(plan.steps):
         if step.model is None:
+            check_takers(step, i, registry, today, images)
             continue
         where = f"plan.steps.{i}.model"
         try:
@@ -173,6 +176,25 @@ def check_pins(plan: Plan, registry: Registry, today: date, images: int = 0) -> 
             raise PinnedModelError(
                 f"{where}: step {step.id} pins {spec.id}, which cannot take it: {why}"
             )
+
+
+def check_takers(step: Step, index: int, registry: Registry, today: date, images: int) -> None:
+    """Raise ``PlanValidationError`` when no model of the registry can ever take ``step``,
+    with why for the models nearest to taking it."""
+    problems: dict[str, list[str]] = {}
+    for spec in registry.models.values():
+        why = pin_problem(spec, step, today, images)
+        if why is None:
+            return
+        problems.setdefault(why, []).append(spec.id)
+    shown = [
+        f"{', '.join(ids[:2])}{f' and {len(ids) - 2} more' if len(ids) > 2 else ''}: {why}"
+        for why, ids in sorted(problems.items(), key=lambda kv: -len(kv[1]))[:3]
+    ]
+    more = "; …" if len(problems) > 3 else ""
+    raise PlanValidationError(
+        f"plan.steps.{index}: no model can take step {step.id} ({'; '.join(shown)}{more})"
+    )
 
 
 class ModelPlanner:

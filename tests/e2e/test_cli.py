@@ -248,3 +248,31 @@ def test_planning_stopped_by_the_budget_exits_3_with_the_partial_result(tmp_path
     result = json.loads(proc.stdout)
     assert result["stopReason"] == "budget"
     assert 0 < result["totals"]["costUsd"] <= 0.06
+
+
+@pytest.mark.parametrize("command", ["plan", "run"])
+def test_a_step_no_model_can_take_is_refused_before_anything_runs(
+    command: str, tmp_path: Path
+) -> None:
+    task = {
+        "description": "t",
+        "plan": {
+            "steps": [
+                {"id": "first", "description": "paid for first"},
+                {
+                    "id": "a",
+                    "description": "x",
+                    "maxOutputTokens": 99999999999,
+                    "dependsOn": ["first"],
+                },
+            ]
+        },
+    }
+    path = tmp_path / "task.json"
+    path.write_text(json.dumps(task))
+    extra = ["--time-scale", "0"] if command == "run" else []
+    proc = polyroute(command, str(path), *extra, "--on", "2026-11-27")
+    assert proc.returncode == 2, proc.stdout
+    assert proc.stdout == ""
+    [line] = proc.stderr.strip().splitlines()
+    assert "plan.steps.1: no model can take step a (" in line

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from polyroute.engine import Engine, EngineConfig
-from polyroute.errors import CycleError, UnknownModelError
+from polyroute.errors import CycleError, PlanValidationError, UnknownModelError
 from polyroute.execute import RetryPolicy
 from polyroute.providers.base import ModelRequest, ModelResponse
 from polyroute.providers.simulated import FailurePlan, SimulatedProvider
@@ -472,3 +472,23 @@ def test_attempts_count_the_repair_and_its_retries_as_locally(
     assert result.steps[0].attempts == local.steps[0].attempts == attempts
     assert steps_of(result) == steps_of(local)
     assert result.totals.cost_usd == local.totals.cost_usd
+
+
+def test_a_step_no_model_can_take_fails_the_execution_before_any_model_is_called() -> None:
+    task = Task.model_validate(
+        {
+            "description": "t",
+            "plan": {
+                "steps": [
+                    {"id": "first", "description": "paid for first"},
+                    {"id": "a", "description": "x", "maxOutputTokens": 10**11},
+                ]
+            },
+        }
+    )
+    sim = SimulatedProvider(seed=0, time_scale=0.0)
+    with pytest.raises(PlanValidationError, match=r"plan.steps.1: no model can take step a"):
+        run_on_stepfunctions_local(task, config(provider=sim))
+    with pytest.raises(PlanValidationError, match=r"plan.steps.1: no model can take step a"):
+        asyncio.run(Engine(config(provider=sim)).run(task))
+    assert sim.calls == []

@@ -203,3 +203,46 @@ def test_a_refused_planning_answer_is_counted_in_the_planners_spend() -> None:
         asyncio.run(planner.plan(Task(description="x")))
     assert planner.tokens == billed.total
     assert planner.cost_usd == pytest.approx(call_cost(opus, billed)) and planner.cost_usd > 0
+
+
+def unpinned(**step: object) -> Plan:
+    return Plan.model_validate(
+        {
+            "steps": [
+                {"id": "free", "description": "anything"},
+                {"id": "big", "description": "x", "dependsOn": ["free"], **step},
+            ]
+        }
+    )
+
+
+def test_an_unpinned_step_some_model_can_take_passes() -> None:
+    registry = load_registry()
+    check_pins(unpinned(maxOutputTokens=100_000, needs=["long_context"]), registry, DAY)
+    check_pins(unpinned(useAttachments=True, output="json"), registry, DAY, images=2)
+
+
+def test_an_unpinned_step_no_model_can_take_is_refused_before_anything_runs() -> None:
+    with pytest.raises(PlanValidationError) as info:
+        check_pins(unpinned(maxOutputTokens=99_999_999_999), load_registry(), DAY)
+    message = str(info.value)
+    assert message.startswith("plan.steps.1: no model can take step big (")
+    assert "< 99,999,999,999 tokens" in message and "\n" not in message
+    assert isinstance(info.value, InputError)  # exit 2, HTTP 400
+
+
+def test_an_unpinned_step_whose_only_takers_are_retired_is_refused() -> None:
+    registry = load_registry()
+    sonnet = registry.get("claude-sonnet-4-5")
+    only_sonnet = registry.model_copy(update={"models": {sonnet.id: sonnet}})
+    check_pins(unpinned(), only_sonnet, DAY)
+    with pytest.raises(PlanValidationError, match=r"claude-sonnet-4-5: retired on 2026-11-30"):
+        check_pins(unpinned(), only_sonnet, date(2026, 12, 1))
+
+
+def test_a_capability_no_live_model_has_is_refused() -> None:
+    registry = load_registry()
+    gpt = registry.get("gpt-4o")
+    only_gpt = registry.model_copy(update={"models": {gpt.id: gpt}})
+    with pytest.raises(PlanValidationError, match=r"step big \(gpt-4o: lacks long_context\)"):
+        check_pins(unpinned(needs=["long_context"]), only_gpt, DAY)
