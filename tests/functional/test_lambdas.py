@@ -220,3 +220,29 @@ def test_a_billed_answer_before_a_fallback_is_charged_once(
     assert budget.tokens_used == usage.total
     assert budget.steps_used == 1
     assert len(budget.reservations) == len(others) + len(after["ready"])
+
+
+def test_parallel_steps_of_a_wave_repair_only_from_their_share_of_what_is_left(
+    make_handlers: Callable[[list[str]], Any],
+) -> None:
+    """Map iterations cannot see each other's repair reservations: each may take only an
+    equal share of what the wave left free, so together they never overspend."""
+    from polyroute.budget import BudgetState, ReservationState
+
+    wf = make_handlers([]).workflow
+    state = BudgetState(
+        max_steps=10,
+        max_tokens=10_000,
+        max_cost_usd=1.0,
+        tokens_used=1_000,
+        cost_used_usd=0.1,
+        reservations=[
+            ReservationState(step_id=f"s{i}", tokens=1_000, cost_usd=0.1) for i in range(3)
+        ],
+    )
+    budget = wf._repair_budget(state)
+    # 6,000 tokens and $0.60 free, three steps running: each may repair with a third.
+    assert budget.tokens_left() == 2_000
+    assert budget.cost_left_usd() == pytest.approx(0.2)
+    alone = wf._repair_budget(state.model_copy(update={"reservations": state.reservations[:1]}))
+    assert alone.tokens_left() == 8_000 and alone.cost_left_usd() == pytest.approx(0.8)
