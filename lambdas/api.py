@@ -238,7 +238,9 @@ def post_task(
             return accepted
         out = sfn.start_sync_execution(stateMachineArn=machine, name=task_id, input=payload)
     except Exception as exc:
-        if wait and ("timeout" in type(exc).__name__.lower() or "timed out" in str(exc).lower()):
+        # Only a read timeout means the run started: a connect timeout (or any other error)
+        # started nothing, and must not be answered 202 with an id that never runs.
+        if wait and type(exc).__name__ == "ReadTimeoutError":
             logger.info("sync run outlasted the API's wait; answering 202", extra={"id": task_id})
             return accepted
         # Nothing started: free the key, so a retry with it starts the task instead of

@@ -77,19 +77,40 @@ def results() -> ResultStore | None:
     return _state.get("results")  # type: ignore[no-any-return]
 
 
+SFN_CONNECT_TIMEOUT_S = 2.0
+"""How long the API waits to connect to Step Functions. With the sync wait
+(``POLYROUTE_SYNC_TIMEOUT_S``, 25 s) it stays under the API function's 29 s and API Gateway's
+29 s integration limit."""
+
+
+def sfn_config(read_timeout_s: float, connect_timeout_s: float = SFN_CONNECT_TIMEOUT_S) -> Any:
+    """The Step Functions client's botocore Config: one attempt, no retries.
+
+    ``retries={"max_attempts": 1}`` would count retries, not attempts: a read timeout on
+    ``start_sync_execution`` would be retried once, waiting twice past API Gateway's limit and
+    starting a second (paid) execution. ``total_max_attempts`` counts the first call too.
+    """
+    from botocore.config import Config
+
+    return Config(
+        connect_timeout=connect_timeout_s,
+        read_timeout=read_timeout_s,
+        retries={"total_max_attempts": 1},
+    )
+
+
 def clients() -> dict[str, Any]:
     """AWS clients for the API and batch functions, made once per container."""
     made = _state.get("clients")
     if made is None:
         import boto3
-        from botocore.config import Config
 
-        # A synchronous run is waited for at most this long (API Gateway gives up at 29 s).
-        wait_s = int(os.environ.get("POLYROUTE_SYNC_TIMEOUT_S", "60"))
-        sfn_config = Config(read_timeout=wait_s, retries={"max_attempts": 1})
+        # A synchronous run is waited for at most this long (API Gateway gives up at 29 s),
+        # then answered 202.
+        wait_s = float(os.environ.get("POLYROUTE_SYNC_TIMEOUT_S", "25"))
         made = {
             "s3": boto3.client("s3"),
-            "stepfunctions": boto3.client("stepfunctions", config=sfn_config),
+            "stepfunctions": boto3.client("stepfunctions", config=sfn_config(wait_s)),
         }
         _state["clients"] = made
     return made  # type: ignore[no-any-return]
