@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from aws_cdk import ArnFormat, Duration, RemovalPolicy, Stack
+from aws_cdk import ArnFormat, Duration, RemovalPolicy, SecretValue, Stack
 from aws_cdk import aws_apigateway as apigw
 from aws_cdk import aws_dynamodb as dynamodb
 from aws_cdk import aws_events as events
@@ -24,6 +24,7 @@ from infra.asl import ASL_DIR, batch_definition, definition_text
 from infra.bundling import CORE_EXTRAS, RUNTIME, lambda_code
 from polyroute.circuit import PARTITION_KEY, SORT_KEY, TTL_ATTRIBUTE
 from polyroute.schema import Task
+from polyroute.secrets import placeholder
 
 # Role -> (handler module, memory MB, timeout s). The names match the ASL's placeholders:
 # the ``Classifier`` role is ``ClassifierFunction`` and ``${ClassifierFunctionArn}``.
@@ -186,6 +187,10 @@ class PolyrouteStack(Stack):
                 f"{provider.capitalize()}ApiKey",
                 description=f"{provider} API key for polyroute's model executor "
                 '(the key itself, or {"api_key": "..."})',
+                # An explicit placeholder, not a generated random string: polyroute reads the
+                # placeholder as "no key" and answers from the simulated provider until a real
+                # key is put in the secret (a random value would be sent to the vendor: 401).
+                secret_string_value=SecretValue.unsafe_plain_text(placeholder(provider)),
             )
             for provider in MODEL_PROVIDERS
         }

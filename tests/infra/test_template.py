@@ -12,6 +12,7 @@ from pydantic import BaseModel
 from infra.asl import load, placeholders
 from infra.stack import ROLES, apigw_schema, task_request_model
 from polyroute.schema import Task
+from polyroute.secrets import is_placeholder
 
 ROLE_HANDLERS = {f"{module}.handler" for module, _, _ in ROLES.values()}
 
@@ -176,6 +177,21 @@ def test_model_api_keys_are_secrets_only_the_model_calling_functions_read(
         "ModelExecutorFunction",
         "RouterFunction",
     }
+
+
+def test_provider_secrets_start_as_the_placeholder_polyroute_reads_as_no_key(
+    synthesized: Any,
+) -> None:
+    """A generated random value would be sent to the vendor as a key (401 on every call)."""
+    _, _, template = synthesized
+    values = sorted(
+        s["Properties"].get("SecretString")
+        for s in resources(template, "AWS::SecretsManager::Secret").values()
+    )
+    assert values == ["REPLACE_WITH_ANTHROPIC_API_KEY", "REPLACE_WITH_OPENAI_API_KEY"]
+    for secret in resources(template, "AWS::SecretsManager::Secret").values():
+        assert "GenerateSecretString" not in secret["Properties"]
+    assert all(is_placeholder(v) for v in values)
 
 
 def test_the_shared_breaker_table_is_read_by_routing_and_written_only_by_the_executor(

@@ -6,11 +6,15 @@ import json
 from collections.abc import Iterator
 
 import boto3
+import moto
 import pytest
 from botocore.stub import Stubber
 
 from polyroute import secrets
 from polyroute.errors import AuthenticationError
+from polyroute.providers import live
+from polyroute.providers.select import provider_selector
+from polyroute.registry import load_registry
 
 
 @pytest.fixture(autouse=True)
@@ -65,7 +69,7 @@ def test_secret_is_read_once_per_process(
         secret_response("prod/openai", "sk-proj-secret-0123456789"),
         {"SecretId": "prod/openai"},
     )
-    assert secrets.has_api_key("openai")
+    assert secrets.has_api_key("openai", client)
     assert secrets.api_key("openai", client) == "sk-proj-secret-0123456789"
     # a second read is served from the cache: the stub has no second response to give
     assert secrets.api_key("openai", client) == "sk-proj-secret-0123456789"
@@ -110,6 +114,65 @@ def test_a_read_secret_is_redacted_everywhere(
     assert secrets.redact(f"server said: token {token} rejected") == (
         "server said: token [redacted] rejected"
     )
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "REPLACE_WITH_OPENAI_API_KEY",
+        json.dumps({"api_key": "REPLACE_WITH_OPENAI_API_KEY"}),
+        "  ",
+    ],
+)
+def test_a_placeholder_or_empty_secret_is_no_key(
+    monkeypatch: pytest.MonkeyPatch, sm: tuple[object, Stubber], value: str
+) -> None:
+    client, stub = sm
+    monkeypatch.setenv("POLYROUTE_SECRET_OPENAI", "prod/openai")
+    stub.add_response("get_secret_value", secret_response("prod/openai", value))
+    assert not secrets.has_api_key("openai", client)
+    # decided once per process: the stub has no second response to give
+    assert secrets.api_key("openai", client) is None
+    assert not secrets.has_api_key("openai", client)
+
+
+def test_the_placeholder_names_the_provider() -> None:
+    assert secrets.placeholder("anthropic") == "REPLACE_WITH_ANTHROPIC_API_KEY"
+    assert secrets.is_placeholder(secrets.placeholder("openai"))
+    assert not secrets.is_placeholder("sk-proj-REPLACE_WITH_nothing-0123")
+
+
+def test_an_unreadable_secret_counts_as_configured_so_the_call_says_why(
+    monkeypatch: pytest.MonkeyPatch, sm: tuple[object, Stubber]
+) -> None:
+    client, stub = sm
+    monkeypatch.setenv("POLYROUTE_SECRET_OPENAI", "prod/openai")
+    stub.add_client_error(
+        "get_secret_value", service_error_code="AccessDeniedException", http_status_code=400
+    )
+    assert secrets.has_api_key("openai", client)
+
+
+def test_the_deployed_placeholder_makes_the_provider_unavailable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What a fresh deploy holds (moto Secrets Manager): the model answers simulated."""
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setattr(live, "sdk_installed", lambda _provider: True)
+    with moto.mock_aws():
+        sm_client = boto3.client("secretsmanager")
+        arn = sm_client.create_secret(
+            Name="AnthropicApiKey", SecretString=secrets.placeholder("anthropic")
+        )["ARN"]
+        monkeypatch.setenv("POLYROUTE_SECRET_ANTHROPIC", arn)
+        assert not live.available("anthropic")
+        spec = load_registry().get("claude-haiku-4-5")
+        assert provider_selector("auto")(spec).name == "simulated"
+        secrets.clear_cache()
+        sm_client.put_secret_value(SecretId=arn, SecretString="sk-ant-real-0123456789")
+        assert live.available("anthropic")
 
 
 @pytest.mark.parametrize(
