@@ -2,9 +2,10 @@
 exactly ``polyroute.api``'s contract, as ``polyroute serve`` does locally.
 
 - ``POST /v1/tasks``: validated (400 naming the field, 413 over the size limit, 409 for a
-  ``taskId`` that exists), then run on the Express orchestrator with StartSyncExecution:
-  200 with a ``TaskStatus``. A run still going after ``POLYROUTE_SYNC_TIMEOUT_S`` (API
-  Gateway stops waiting at 29 s) is answered 202 with its id; it finishes and is recorded.
+  ``taskId`` that exists, or that Step Functions still holds as an execution name), then
+  run on the Express orchestrator with StartSyncExecution: 200 with a ``TaskStatus``. A run
+  still going after ``POLYROUTE_SYNC_TIMEOUT_S`` (API Gateway stops waiting at 29 s) is
+  answered 202 with its id; it finishes and is recorded.
 - ``POST /v1/tasks?async=true``: started, 202 with ``TaskAccepted`` and a ``Location``. A task
   whose deadline fits Express's 5 minutes runs there; any other runs on the Standard one.
 - Every run on Express gets a deadline ``EXPRESS_LIMIT_S`` after it is accepted (or its own,
@@ -111,16 +112,52 @@ def validate(event: dict[str, Any], models: Any) -> tuple[Task, str]:
     return task, fingerprint
 
 
-def record_running(store: ResultStore, task_id: str, now: datetime, workflow: str) -> None:
-    """Record a task as running on ``workflow`` (``express`` or ``standard``)."""
-    status = TaskStatus(task_id=task_id, status="running", created_at=now, updated_at=now)
-    store.client.put_object(
-        Bucket=store.bucket,
-        Key=store.key(task_id),
-        Body=json.dumps(status.to_wire(), separators=(",", ":")).encode(),
-        ContentType="application/json",
-        Metadata={WORKFLOW_METADATA: workflow},
+def _code(exc: Exception) -> str | None:
+    """The AWS error code of a botocore ClientError (None for any other exception)."""
+    code = getattr(exc, "response", {}).get("Error", {}).get("Code")
+    return str(code) if code is not None else None
+
+
+def task_exists(task_id: str) -> Refused:
+    """The 409 for a ``taskId`` that has a recorded status."""
+    return Refused(
+        409,
+        f"taskId {task_id!r} already exists: GET /v1/tasks/{task_id} for it, or leave"
+        " taskId out to have a new one made",
+        field="taskId",
     )
+
+
+def task_id_used_before(task_id: str) -> Refused:
+    """The 409 for a ``taskId`` Step Functions still holds as an execution name: results are
+    kept 30 days, a Standard workflow's execution names 90."""
+    return Refused(
+        409,
+        f"taskId {task_id!r} was used before (Step Functions keeps a workflow's execution"
+        " names for 90 days, longer than results are kept): leave taskId out to have a new"
+        " one made, or choose another",
+        field="taskId",
+    )
+
+
+def record_running(store: ResultStore, task_id: str, now: datetime, workflow: str) -> None:
+    """Record a task as running on ``workflow`` (``express`` or ``standard``). The put is
+    conditional: of two requests racing with one new ``taskId``, the second gets 409, so
+    the record is this request's own."""
+    status = TaskStatus(task_id=task_id, status="running", created_at=now, updated_at=now)
+    try:
+        store.client.put_object(
+            Bucket=store.bucket,
+            Key=store.key(task_id),
+            Body=json.dumps(status.to_wire(), separators=(",", ":")).encode(),
+            ContentType="application/json",
+            Metadata={WORKFLOW_METADATA: workflow},
+            IfNoneMatch="*",
+        )
+    except Exception as exc:
+        if _code(exc) in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
+            raise task_exists(task_id) from None
+        raise
 
 
 def recorded_workflow(store: ResultStore, task_id: str) -> str | None:
@@ -128,8 +165,7 @@ def recorded_workflow(store: ResultStore, task_id: str) -> str | None:
     try:
         head = store.client.head_object(Bucket=store.bucket, Key=store.key(task_id))
     except Exception as exc:
-        code = getattr(exc, "response", {}).get("Error", {}).get("Code")
-        if code in ("NoSuchKey", "404", "NotFound"):
+        if _code(exc) in ("NoSuchKey", "404", "NotFound"):
             return None
         raise
     value = (head.get("Metadata") or {}).get(WORKFLOW_METADATA)
@@ -212,12 +248,7 @@ def post_task(
     task_id = task.task_id or uuid.uuid4().hex[:16]
     check_task_id(task_id)
     if store.get(task_id) is not None:
-        raise Refused(
-            409,
-            f"taskId {task_id!r} already exists: GET /v1/tasks/{task_id} for it, or leave"
-            " taskId out to have a new one made",
-            field="taskId",
-        )
+        raise task_exists(task_id)
     if key is not None:
         record = IdempotencyRecord(request_sha256=fingerprint, task_id=task_id)
         winner = keys.claim(key, record)
@@ -245,6 +276,13 @@ def post_task(
             return accepted
         # Nothing started: free the key, so a retry with it starts the task instead of
         # answering a run that never was.
+        if key is not None:
+            keys.release(key)
+        if _code(exc) == "ExecutionAlreadyExists":
+            # The id named an execution whose result has expired: a client mistake, not a
+            # failed run. The running record is this request's own (a conditional put).
+            store.client.delete_object(Bucket=store.bucket, Key=store.key(task_id))
+            raise task_id_used_before(task_id) from None
         store.put(
             TaskStatus(
                 task_id=task_id,
@@ -254,8 +292,6 @@ def post_task(
                 updated_at=now,
             )
         )
-        if key is not None:
-            keys.release(key)
         raise
     if out.get("status") == "SUCCEEDED":
         result = RunResult.model_validate(spiller.resolve(json.loads(out["output"])))

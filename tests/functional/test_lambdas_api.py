@@ -548,3 +548,53 @@ def test_a_task_id_serve_would_refuse_is_refused_here_with_the_same_message(
     answer = api(post({"description": "x", "taskId": task_id}, {"async": "true"}))
     assert answer["statusCode"] == 400
     assert answer["json"] == {"error": TASK_ID_ERROR, "field": "taskId"}
+
+
+def stubbed_sfn(operation: str, code: str) -> Any:
+    """A real Step Functions client whose ``operation`` fails with ``code`` (botocore's
+    Stubber: nothing is sent)."""
+    import boto3
+    from botocore.stub import Stubber
+
+    client = boto3.client("stepfunctions", region_name="us-east-1")
+    stubber = Stubber(client)
+    stubber.add_client_error(operation, service_error_code=code, http_status_code=400)
+    stubber.activate()
+    return client
+
+
+def test_a_task_id_whose_standard_execution_name_is_still_held_is_409_and_not_recorded(
+    api: Any,
+) -> None:
+    """Results expire after 30 days, Standard execution names after 90: the id looks free,
+    and StartExecution refuses it."""
+    event = keyed(post({"description": "long", "taskId": "reused"}, {"async": "true"}), "k-re")
+    answer = api(event, stubbed_sfn("start_execution", "ExecutionAlreadyExists"))
+    assert answer["statusCode"] == 409
+    assert answer["json"]["field"] == "taskId"
+    assert answer["json"]["error"].startswith("taskId 'reused' was used before")
+    assert "\n" not in answer["json"]["error"]
+    # Not recorded as failed (nor left running), and the key is free for a new body.
+    assert api.store.get("reused") is None
+    assert api(get("reused"))["statusCode"] == 404
+    from polyroute.workflow import IdempotencyStore
+
+    assert IdempotencyStore("polyroute-test", api.store.client).get("k-re") is None
+
+
+def test_another_start_error_is_still_recorded_as_could_not_start(api: Any) -> None:
+    event = post({"description": "long", "taskId": "broken"}, {"async": "true"})
+    with pytest.raises(Exception, match="ExecutionLimitExceeded"):
+        api(event, stubbed_sfn("start_execution", "ExecutionLimitExceeded"))
+    stored = api.store.get("broken")
+    assert stored.status == "failed" and stored.error == "could not start: ExecutionLimitExceeded"
+
+
+def test_a_task_id_recorded_between_the_check_and_the_start_is_409(api: Any) -> None:
+    """Two requests racing with one new taskId: the running record is a conditional put, so
+    the second neither starts a run nor overwrites the first's record."""
+    api.module.record_running(api.store, "raced", NOW, "express")
+    with pytest.raises(api.module.Refused) as refused:
+        api.module.record_running(api.store, "raced", NOW, "standard")
+    assert refused.value.status == 409 and refused.value.body.field == "taskId"
+    assert api.module.recorded_workflow(api.store, "raced") == "express"
