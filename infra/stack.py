@@ -219,15 +219,16 @@ class PolyrouteStack(Stack):
             "POLYROUTE_PROVIDER": "auto",
             "POWERTOOLS_SERVICE_NAME": "polyroute",
             "POWERTOOLS_METRICS_NAMESPACE": "Polyroute",
-            **{
-                f"POLYROUTE_SECRET_{p.upper()}": secret.secret_arn
-                for p, secret in self.secrets.items()
-            },
+        }
+        secret_env = {
+            f"POLYROUTE_SECRET_{p.upper()}": secret.secret_arn for p, secret in self.secrets.items()
         }
         self.functions: dict[str, lambda_.Function] = {}
         for role, (module, memory, timeout) in ROLES.items():
             role_code = code if role in model_roles else core_code
             role_env = dict(env)
+            if role in model_roles:
+                role_env.update(secret_env)
             if role in BREAKER_READERS + BREAKER_WRITERS:
                 role_env["POLYROUTE_BREAKER_TABLE"] = self.breaker_table.table_name
             fn = self._function(role, f"{module}.handler", role_code, role_env, memory, timeout)
@@ -236,7 +237,9 @@ class PolyrouteStack(Stack):
             elif role in BREAKER_READERS:
                 self.breaker_table.grant_read_data(fn)
             self.bucket.grant_read_write(fn)
-            if role in ("Classifier", "Planner", "ModelExecutor", "Router"):
+            # Only the functions with the vendors' SDKs make live calls, so only they read the
+            # keys (the Router's Fallback takes the provider from the Execute invocation).
+            if role in model_roles:
                 for secret in self.secrets.values():
                     secret.grant_read(fn)
             self.functions[role] = fn

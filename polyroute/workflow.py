@@ -28,6 +28,7 @@ import json
 import math
 import os
 import random
+import re
 import uuid
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -673,18 +674,24 @@ class Workflow:
         except RepairNotAffordedError as exc:
             # The answer was billed and its repair does not fit: the step fails on the budget.
             caught = {"Error": type(exc.limit).__name__, "Cause": str(exc.limit)}
-            return self.fallback({**event, "error": caught}, billed=(spec, exc.usage, exc.attempts))
+            return self.fallback(
+                {**event, "error": caught},
+                billed=(spec, exc.usage, exc.attempts),
+                provider=provider.name,
+            )
         except (RetriesExhaustedError, ProviderError) as exc:
             error = exc.last if isinstance(exc, RetriesExhaustedError) else exc
             if isinstance(exc, RetriesExhaustedError):
                 error.attempts = exc.attempts
             if error.usage is None or error.usage.total == 0:
-                raise error from None
+                raise tag_provider(error, provider.name) from None
             # The provider answered and billed it; a Lambda error cannot carry that, so this
             # takes the Catch's path itself, with what was billed.
             caught = {"Error": type(error).__name__, "Cause": str(error)}
             return self.fallback(
-                {**event, "error": caught}, billed=(spec, error.usage, error.attempts)
+                {**event, "error": caught},
+                billed=(spec, error.usage, error.attempts),
+                provider=provider.name,
             )
         resp = result.response
         rec = state.steps[item.step_id]
@@ -742,11 +749,19 @@ class Workflow:
         return budget
 
     def fallback(
-        self, event: dict[str, Any], billed: tuple[ModelSpec, Usage, int] | None = None
+        self,
+        event: dict[str, Any],
+        billed: tuple[ModelSpec, Usage, int] | None = None,
+        provider: str | None = None,
     ) -> dict[str, Any]:
         """The ``Catch``: after a retryable failure, re-route to the next eligible model;
         otherwise close the step with the error. ``billed`` is the model, what the provider
-        billed and the calls made for a failed call it answered (``execute`` passes it)."""
+        billed and the calls made for a failed call it answered, and ``provider`` the name of
+        the provider that served it (``execute`` passes both).
+
+        The provider is never looked up here: the ``Fallback`` state runs in the Router
+        function, which has no vendor SDKs, so every model would look simulated. It comes
+        from ``execute``, directly or tagged onto the error it raised (``tag_provider``)."""
         state = self.load_state(event["state"])
         item = WaveItem.model_validate(event["item"])
         call = CallPlan.model_validate(event.get("call") or item.call.to_wire())
@@ -755,6 +770,7 @@ class Workflow:
             call.billed = call.billed + spent
             call.billed_cost_usd += call_cost(billed[0], spent)
         name, message = _error_of(event.get("error") or {})
+        served_by = provider or provider_of(event.get("error") or {})
         rec = state.steps[item.step_id]
         res = rec.result.model_copy(deep=True)
         res.attempts = call.attempts
@@ -770,11 +786,9 @@ class Workflow:
             res.attempts += int(event.get("retryCount") or 0) + billed[2]
         elif reached_model and name != CircuitOpenError.__name__:
             res.attempts += EXECUTE_ATTEMPTS if name in RETRYABLE_NAMES else 1
-        providers = (
-            {call.model: self.cfg.provider_for(self.cfg.registry.get(call.model)).name}
-            if reached_model
-            else {}
-        )
+        # Unknown (the call failed before a provider was chosen, or the function itself
+        # failed): nothing is recorded rather than a guess.
+        providers = {call.model: served_by} if reached_model and served_by else {}
 
         def done(status: OutcomeStatus, stop: str | None = None, **extra: Any) -> dict[str, Any]:
             res.finished_at = now
@@ -916,8 +930,19 @@ class Workflow:
         return self.spiller.maybe_spill(result.to_wire(), "result")
 
 
-def _error_of(error: dict[str, Any]) -> tuple[str, str]:
-    """The error name and message from a ``Catch`` result (``{"Error", "Cause"}``)."""
+_SERVED_BY = re.compile(r" \[served by ([A-Za-z0-9_.\-]+)\]$")
+
+
+def tag_provider(error: PolyrouteError, provider: str) -> PolyrouteError:
+    """``error`` with the name of the provider that served the call at the end of its
+    message: a Lambda error carries only its type and message to the ``Catch``, and the
+    ``Fallback`` that reads it runs in a function that cannot tell (``provider_of``)."""
+    if error.args and isinstance(error.args[0], str) and not _SERVED_BY.search(error.args[0]):
+        error.args = (f"{error.args[0]} [served by {provider}]", *error.args[1:])
+    return error
+
+
+def _raw_message(error: dict[str, Any]) -> str:
     name = str(error.get("Error") or "PolyrouteError")
     cause = error.get("Cause")
     message = str(cause or name)
@@ -928,7 +953,20 @@ def _error_of(error: dict[str, Any]) -> tuple[str, str]:
             data = None
         if isinstance(data, dict) and data.get("errorMessage"):
             message = str(data["errorMessage"])
-    return name, message
+    return message
+
+
+def provider_of(error: dict[str, Any]) -> str | None:
+    """The provider ``tag_provider`` put on a caught error, if any."""
+    match = _SERVED_BY.search(_raw_message(error))
+    return match.group(1) if match else None
+
+
+def _error_of(error: dict[str, Any]) -> tuple[str, str]:
+    """The error name and message from a ``Catch`` result (``{"Error", "Cause"}``), without
+    the provider tag."""
+    name = str(error.get("Error") or "PolyrouteError")
+    return name, _SERVED_BY.sub("", _raw_message(error))
 
 
 class ResultStore(S3Location):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from dataclasses import replace
 from datetime import date
 from typing import Any
 
@@ -20,7 +21,7 @@ from polyroute.routing import load_policy
 from polyroute.schema import RunResult, Task, Usage
 from polyroute.sfn_local import BUCKET, LocalStepFunctions, run_on_stepfunctions_local
 from polyroute.taskfile import load_task
-from polyroute.workflow import STATE_LIMIT_BYTES
+from polyroute.workflow import STATE_LIMIT_BYTES, Workflow
 
 from ..conftest import EXAMPLES
 
@@ -492,3 +493,51 @@ def test_a_step_no_model_can_take_fails_the_execution_before_any_model_is_called
     with pytest.raises(PlanValidationError, match=r"plan.steps.1: no model can take step a"):
         asyncio.run(Engine(config(provider=sim)).run(task))
     assert sim.calls == []
+
+
+# --- a failover recorded with the executor's provider, not the Router's ---------------------
+
+
+class LiveNamed:
+    """Stands in for a vendor provider: answers (and fails) as the simulated one does, under
+    another name, as the model executor's function (the one with the SDKs) would."""
+
+    name = "anthropic"
+
+    def __init__(self, inner: SimulatedProvider) -> None:
+        self.inner = inner
+
+    async def request(self, req: ModelRequest) -> ModelResponse:
+        resp = await self.inner.request(req)
+        return replace(resp, provider=self.name, simulated=False)
+
+
+def test_a_failover_keeps_the_provider_that_served_the_failed_call() -> None:
+    """On AWS the Fallback state runs in the Router function, whose bundle has no vendor SDKs:
+    its own provider lookup says "simulated" for every model. The provider that served the
+    failed call must come from the Execute invocation, or the run is flagged simulated."""
+    # Every call on the model fails: no later success records its provider again.
+    sim = SimulatedProvider(
+        seed=0, time_scale=0.0, failures=FailurePlan.parse(["claude-haiku-4-5=529x99"])
+    )
+    local = LocalStepFunctions(config(provider=LiveNamed(sim)))
+    with local.running():
+        assert local.workflow is not None
+        in_router = Workflow(
+            replace(local.workflow.cfg, provider_for=lambda _spec: SimulatedProvider()),
+            local.workflow.spiller,
+            concurrency=local.workflow.concurrency,
+            results=local.workflow.results,
+        )
+
+        def router(event: dict[str, Any], _context: Any) -> Any:
+            return in_router.fallback(event) if "error" in event else in_router.route(event)
+
+        local.dispatcher.handlers["router"] = router
+        result, _ = local.run(load_task(EXAMPLES / "code_review.json"))
+    first = result.steps[0]
+    assert first.status == "succeeded" and first.fallback_from == "claude-haiku-4-5"
+    assert "OverloadedError" in first.reason and "served by" not in first.reason
+    assert result.providers["claude-haiku-4-5"] == "anthropic"
+    assert "simulated" not in result.providers.values()
+    assert not result.simulated

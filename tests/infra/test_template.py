@@ -171,12 +171,12 @@ def test_model_api_keys_are_secrets_only_the_model_calling_functions_read(
         for name, p in policies.items()
         if "secretsmanager:GetSecretValue" in json.dumps(p["Properties"]["PolicyDocument"])
     }
-    assert readers == {
-        "ClassifierFunction",
-        "PlannerFunction",
-        "ModelExecutorFunction",
-        "RouterFunction",
-    }
+    assert readers == {"ClassifierFunction", "PlannerFunction", "ModelExecutorFunction"}
+    # and only they are told where the keys are
+    for name, fn in resources(template, "AWS::Lambda::Function").items():
+        names = fn["Properties"].get("Environment", {}).get("Variables", {})
+        told = any(v.startswith("POLYROUTE_SECRET_") for v in names)
+        assert told == (name.split("Function")[0] in ("Classifier", "Planner", "ModelExecutor"))
 
 
 def test_provider_secrets_start_as_the_placeholder_polyroute_reads_as_no_key(
