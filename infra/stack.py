@@ -171,6 +171,11 @@ class PolyrouteStack(Stack):
                 s3.LifecycleRule(id="spill", prefix="spill/", expiration=Duration.days(7)),
                 s3.LifecycleRule(id="work", prefix="batch-work/", expiration=Duration.days(7)),
                 s3.LifecycleRule(id="results", prefix="results/", expiration=Duration.days(30)),
+                # The batch Map's ResultWriter output (manifest and per-child results): the
+                # summary under batch-results/<name>/ is what is kept.
+                s3.LifecycleRule(
+                    id="map-runs", prefix="batch-results/map-runs/", expiration=Duration.days(7)
+                ),
                 # A key lives as long as the result it answers with.
                 s3.LifecycleRule(
                     id="idempotency", prefix="idempotency/", expiration=Duration.days(30)

@@ -30,5 +30,7 @@ def handler(event: dict[str, Any], context: LambdaContext) -> Any:
         event["key"],
         int(os.environ.get("POLYROUTE_BATCH_CONCURRENCY", "10")),
     )
-    logger.info("batch prepared", extra={"tasks": prepared.count, "invalid": len(prepared.invalid)})
+    logger.info(
+        "batch prepared", extra={"tasks": prepared.count, "invalid": prepared.invalid_count}
+    )
     return prepared.to_wire()

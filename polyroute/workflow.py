@@ -1182,6 +1182,8 @@ __all__ = [
 BATCH_PREFIX = "batches/"
 BATCH_RESULTS_PREFIX = "batch-results/"
 BATCH_WORK_PREFIX = "batch-work/"
+# Where the batch Map's ResultWriter puts its output (statemachines/batch.asl.json).
+MAP_RUNS_PREFIX = f"{BATCH_RESULTS_PREFIX}map-runs/"
 
 
 class BatchItem(WireModel):
@@ -1193,7 +1195,12 @@ class BatchItem(WireModel):
 
 
 class PreparedBatch(WireModel):
-    """What ``prepare_batch`` wrote, and where the results will go."""
+    """What ``prepare_batch`` wrote, and where the results will go.
+
+    This is the batch workflow's state: the invalid lines' records are in the bucket
+    (``invalid_key``), not here, so that a file of many long invalid lines cannot take the
+    state past Step Functions' 256 KiB. ``invalid`` is only read: records inline in the
+    state of an execution prepared before they were written to the bucket."""
 
     bucket: str
     key: str
@@ -1201,6 +1208,8 @@ class PreparedBatch(WireModel):
     items_key: str
     results_prefix: str
     count: int
+    invalid_key: str | None = None
+    invalid_count: int = 0
     invalid: list[dict[str, Any]] = Field(default_factory=list)
     max_concurrency: int = 10
 
@@ -1256,8 +1265,11 @@ def prepare_batch(
     ``partial`` and is recorded, rather than being stopped at 5 minutes with nothing written."""
     from polyroute.api import for_express_later
 
-    text = s3.get_object(Bucket=bucket, Key=key)["Body"].read().decode("utf-8", "replace")
     name = batch_name(key)
+    if f"{BATCH_RESULTS_PREFIX}{name}/".startswith(MAP_RUNS_PREFIX):
+        # Its results would be mixed with the Map's and expire with them.
+        raise ConfigError(f"{key}: a batch cannot be named {name!r} ({MAP_RUNS_PREFIX} is taken)")
+    text = s3.get_object(Bucket=bucket, Key=key)["Body"].read().decode("utf-8", "replace")
     valid, invalid = parse_batch_lines(text, name)
     items = [
         BatchItem(
@@ -1269,6 +1281,11 @@ def prepare_batch(
     ]
     items_key = f"{BATCH_WORK_PREFIX}{name}/items.json"
     s3.put_object(Bucket=bucket, Key=items_key, Body=json.dumps(items).encode())
+    invalid_key = None
+    if invalid:
+        invalid_key = f"{BATCH_WORK_PREFIX}{name}/invalid.json"
+        body = json.dumps([r.to_wire() for r in invalid], separators=(",", ":"))
+        s3.put_object(Bucket=bucket, Key=invalid_key, Body=body.encode())
     return PreparedBatch(
         bucket=bucket,
         key=key,
@@ -1276,7 +1293,8 @@ def prepare_batch(
         items_key=items_key,
         results_prefix=f"{BATCH_RESULTS_PREFIX}{name}/",
         count=len(items),
-        invalid=[r.to_wire() for r in invalid],
+        invalid_key=invalid_key,
+        invalid_count=len(invalid),
         max_concurrency=max_concurrency,
     )
 
@@ -1288,7 +1306,11 @@ def summarize_batch(s3: Any, results: ResultStore, prepared: PreparedBatch) -> d
     from polyroute.batch import BatchRecord, summarize
 
     items = json.loads(s3.get_object(Bucket=prepared.bucket, Key=prepared.items_key)["Body"].read())
-    records = [BatchRecord.model_validate(r) for r in prepared.invalid]
+    invalid = list(prepared.invalid)
+    if prepared.invalid_key is not None:
+        obj = s3.get_object(Bucket=prepared.bucket, Key=prepared.invalid_key)
+        invalid.extend(json.loads(obj["Body"].read()))
+    records = [BatchRecord.model_validate(r) for r in invalid]
     for raw in items:
         item = BatchItem.model_validate(raw)
         status = results.get(item.task_id)

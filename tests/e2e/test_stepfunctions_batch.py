@@ -14,7 +14,7 @@ from infra.asl import batch_definition, definition_text
 from polyroute.api import EXPRESS_LIMIT_S
 from polyroute.sfn_local import BUCKET, LocalStepFunctions
 
-from .test_stepfunctions import config
+from .test_stepfunctions import config, largest_state
 
 pytest.importorskip("moto")
 
@@ -68,3 +68,31 @@ def test_a_batch_of_20_tasks_runs_each_line_and_writes_results_and_a_summary() -
     assert all(r["result"]["budgets"]["deadline"] for r in ok)
     assert summary["costUsd"] == pytest.approx(sum(r["costUsd"] for r in records))
     assert [r["line"] for r in records] == sorted(by_line)
+
+
+def test_many_long_invalid_lines_stay_out_of_the_state_and_are_still_summarized() -> None:
+    """300 invalid lines whose errors quote about 1 KB each made a state of some 350 KB
+    when their records travelled in it, past Step Functions' 256 KiB
+    (``States.DataLimitExceeded``, which moto does not enforce): nothing was written."""
+    invalid = [json.dumps({"description": "x", f"{i:03d}" + "f" * 1000: 1}) for i in range(300)]
+    lines = [json.dumps({"description": "What is 1 plus 1?"}), *invalid]
+    local = LocalStepFunctions(config())
+    with local.running():
+        machine = local.batch_machine(definition_text(batch_definition()))
+        key = "batches/messy.jsonl"
+        local.s3.put_object(Bucket=BUCKET, Key=key, Body="\n".join(lines).encode())
+        execution = local.start(machine, {"bucket": BUCKET, "key": key}, "messy")
+        desc = local.wait(execution)
+        assert desc["status"] == "SUCCEEDED", desc.get("cause")
+        largest = largest_state(local.history(execution))
+        body = local.s3.get_object(Bucket=BUCKET, Key="batch-results/messy/results.jsonl")
+        records = [json.loads(x) for x in body["Body"].read().decode().splitlines()]
+        summary = json.loads(
+            local.s3.get_object(Bucket=BUCKET, Key="batch-results/messy/summary.json")[
+                "Body"
+            ].read()
+        )
+    assert largest < 16 * 1024  # the records' total is over 300 KB
+    assert summary["byStatus"] == {"invalid": 300, "succeeded": 1}
+    assert [r["line"] for r in records] == list(range(1, 302))
+    assert all("f" * 1000 in r["error"] for r in records[1:])

@@ -150,7 +150,13 @@ def test_the_spill_bucket_is_encrypted_private_tls_only_logged_and_expires(
     }
     assert "LoggingConfiguration" in props
     prefixes = {r.get("Prefix") for r in props["LifecycleConfiguration"]["Rules"]}
-    assert {"spill/", "batch-work/", "results/", "idempotency/"} <= prefixes
+    assert {
+        "spill/",
+        "batch-work/",
+        "results/",
+        "idempotency/",
+        "batch-results/map-runs/",
+    } <= prefixes
     policies = resources(template, "AWS::S3::BucketPolicy").values()
     assert len(policies) == 2
     for policy in policies:
