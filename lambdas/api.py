@@ -37,6 +37,7 @@ from polyroute_runtime import clients, logger, results, tracer, workflow
 from polyroute.api import (
     IDEMPOTENCY_HEADER,
     MAX_BODY_BYTES,
+    MAX_RESPONSE_BYTES,
     Refused,
     TaskAccepted,
     TaskStatus,
@@ -57,6 +58,7 @@ from polyroute.workflow import IdempotencyRecord, IdempotencyStore, ResultStore
 REPLAY_POLL_S = 0.5  # a retried sync request waits for the first run at this interval
 _TRUE = {"true", "1", "yes"}
 _FALSE = {"false", "0", "no", ""}
+PRESIGN_EXPIRES_S = 3600  # a left-out output's link (at most as long as the role's session)
 # On a running record (S3 object metadata, as TaskStatus has no place for it): which workflow
 # runs the task, so a GET can tell an Express run Step Functions stopped at 5 minutes.
 WORKFLOW_METADATA = "polyroute-workflow"
@@ -69,6 +71,66 @@ def respond(status: int, body: Any, headers: dict[str, str] | None = None) -> di
         "headers": {"Content-Type": "application/json", **(headers or {})},
         "body": json.dumps(body.to_wire() if hasattr(body, "to_wire") else body),
     }
+
+
+def _escaped_bytes(value: Any) -> int:
+    """What ``value`` adds to the Lambda response: its JSON, escaped again inside the proxy
+    response's ``body`` string."""
+    return len(json.dumps(json.dumps(value)).encode()) - 2
+
+
+def answer_status(
+    status: TaskStatus, store: ResultStore, limit: int = MAX_RESPONSE_BYTES
+) -> dict[str, Any]:
+    """``respond(200, status)``, kept under Lambda's 6 MB response limit (past it API Gateway
+    answers 502): when the answer would pass ``limit`` bytes, the largest step outputs
+    (``handoff.completedSteps[].result``), largest first, and if need be the task's text
+    (``handoff.originalTask``), are replaced by a note naming their size and linking the
+    whole recorded result (``results/<taskId>.json``, a presigned URL). Shapes are kept."""
+    answer = respond(200, status)
+    size = len(json.dumps(answer).encode())
+    if status.result is None or size <= limit:
+        return answer
+    key = store.key(status.task_id)
+    url = store.client.generate_presigned_url(
+        "get_object", Params={"Bucket": store.bucket, "Key": key}, ExpiresIn=PRESIGN_EXPIRES_S
+    )
+
+    def note(value: Any) -> str:
+        text = value if isinstance(value, str) else json.dumps(value)
+        return (
+            f"[left out: {len(text.encode())} bytes, more than the API can answer;"
+            f" the whole result is s3://{store.bucket}/{key}, for an hour at {url}]"
+        )
+
+    handoff = status.result.handoff
+    steps = list(handoff.completed_steps)
+    wire = [step.to_wire()["result"] for step in steps]
+    order = sorted(range(len(steps)), key=lambda i: _escaped_bytes(wire[i]), reverse=True)
+    original_task = handoff.original_task
+    for i in [*order, None]:
+        if i is None:
+            size -= _escaped_bytes(original_task)
+            original_task = note(original_task)
+            size += _escaped_bytes(original_task)
+        else:
+            steps[i] = steps[i].model_copy(update={"result": note(wire[i])})
+            size += _escaped_bytes(steps[i].result) - _escaped_bytes(wire[i])
+        if size > limit and i is not None:
+            continue
+        handoff = handoff.model_copy(
+            update={"completed_steps": steps, "original_task": original_task}
+        )
+        result = status.result.model_copy(update={"handoff": handoff})
+        answer = respond(200, status.model_copy(update={"result": result}))
+        size = len(json.dumps(answer).encode())
+        if size <= limit:
+            break
+    logger.info(
+        "result too large to answer whole; large outputs left out",
+        extra={"id": status.task_id, "bytes": size},
+    )
+    return answer
 
 
 def _async_flag(params: dict[str, str] | None) -> bool:
@@ -218,7 +280,7 @@ def replay(
         if status is None:  # the first request failed before recording its task
             raise Refused(404, f"no task with id {first.task_id!r}", field="taskId")
         if status.status != "running":
-            return respond(200, status)
+            return answer_status(status, store)
         if attempt < polls:
             sleep(REPLAY_POLL_S)
     return _accepted(first.task_id)
@@ -310,7 +372,7 @@ def post_task(
                 task_id=task_id, status="failed", error=error, created_at=now, updated_at=now
             )
             store.put(status)
-    return respond(200, status)
+    return answer_status(status, store)
 
 
 def get_task(event: dict[str, Any], store: ResultStore, now: datetime) -> dict[str, Any]:
@@ -319,7 +381,7 @@ def get_task(event: dict[str, Any], store: ResultStore, now: datetime) -> dict[s
     status = current_status(store, task_id, now) if is_task_id(task_id) else None
     if status is None:
         raise Refused(404, f"no task with id {task_id!r}", field="taskId")
-    return respond(200, status)
+    return answer_status(status, store)
 
 
 def route(

@@ -8,7 +8,8 @@ Routes (the same on both, so a client written against one works against the othe
 - ``GET /healthz``: 200 ``{"status": "ok"}`` (local server only).
 
 The request body is a ``Task``. Over HTTP, attachments carry inline ``data``: a server does not
-read paths on its own disk. Client mistakes get 400 (the field named), 404 or 413, never 500.
+read paths on its own disk. Client mistakes get 400 (the field named), 404, 409 or 413, never
+500.
 """
 
 from __future__ import annotations
@@ -25,7 +26,18 @@ from polyroute.errors import InputError, PolyrouteError
 from polyroute.registry import Registry, first_error
 from polyroute.schema import RunResult, Task, WireModel
 
-MAX_BODY_BYTES = 6 * 1024 * 1024  # Lambda's synchronous payload limit
+MAX_BODY_BYTES = 3_000_000
+"""The largest request body either API accepts (413 above it). Lambda takes at most
+6,291,456 bytes for the whole invocation event, and API Gateway's proxy event carries the
+body as a JSON string, where quotes, backslashes and newlines take two bytes each: a JSON
+body of up to 3,000,000 bytes stays under 6,000,000 once escaped, and the remaining 291,456
+bytes hold the headers and request context. A larger body could fail in Lambda before the
+handler runs (a 5xx instead of this 413). ``polyroute serve`` keeps the same limit, so a
+client written against one works against the other."""
+MAX_RESPONSE_BYTES = 5_500_000
+"""The largest API Gateway proxy response the deployed API returns (Lambda's response limit
+is 6 MB; above it API Gateway answers 502). A larger result has its biggest step outputs
+replaced by a note with a link to the whole recorded result."""
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 MAX_IDEMPOTENCY_KEY = 255
 TaskState = Literal["running", "succeeded", "partial", "failed"]

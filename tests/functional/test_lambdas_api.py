@@ -236,6 +236,23 @@ def test_a_body_over_the_limit_is_413(api: Any) -> None:
     assert api(event)["statusCode"] == 413
 
 
+LAMBDA_REQUEST_LIMIT = 6_291_456  # bytes of invocation event Lambda accepts
+
+
+def test_a_body_at_the_limit_still_fits_lambdas_request_once_escaped_in_the_event() -> None:
+    """The worst a valid JSON body escapes to: every byte a quote, backslash or newline
+    (two bytes each in the proxy event's ``body`` string)."""
+    text = '"\\\n' * ((MAX_BODY_BYTES - 100) // 6)  # a quote, a backslash, a newline
+    body = json.dumps({"description": text})  # each of them two bytes here
+    body += "\n" * (MAX_BODY_BYTES - len(body.encode()))  # whitespace, two bytes escaped
+    assert len(body.encode()) == MAX_BODY_BYTES
+    event = post(None, raw=body)
+    event["headers"] = {f"X-Header-{i}": "v" * 100 for i in range(80)}  # ~10 KB of headers
+    event["multiValueHeaders"] = {k: [v] for k, v in event["headers"].items()}
+    event["requestContext"] = {"padding": "r" * 4096}
+    assert len(json.dumps(event, ensure_ascii=False).encode()) < LAMBDA_REQUEST_LIMIT
+
+
 def test_an_existing_task_id_is_409(api: Any) -> None:
     assert api(post({"description": "x", "taskId": "dup"}))["statusCode"] == 200
     answer = api(post({"description": "x", "taskId": "dup"}))
@@ -598,3 +615,73 @@ def test_a_task_id_recorded_between_the_check_and_the_start_is_409(api: Any) -> 
         api.module.record_running(api.store, "raced", NOW, "standard")
     assert refused.value.status == 409 and refused.value.body.field == "taskId"
     assert api.module.recorded_workflow(api.store, "raced") == "express"
+
+
+def big_result(task_id: str) -> dict[str, Any]:
+    """A RunResult whose answer is over the response limit only once escaped: step a's
+    output is 1.6 MB of text with quotes (each 4 bytes in the proxy response), step b's
+    2.5 MB of plain text, step c's small."""
+    result = run_result(task_id)
+    done = {"model": "m", "action": "answered", "confidence": 1.0}
+    done |= {"durationMs": 1, "tokensUsed": 1, "costUsd": 0.0}
+    result["handoff"]["completedSteps"] = [
+        {"agentId": "a", **done, "result": 'a"' * 800_000},
+        {"agentId": "b", **done, "result": "b" * 2_500_000},
+        {"agentId": "c", **done, "result": {"answer": 42}},
+    ]
+    return result
+
+
+def check_fitted(answer: dict[str, Any], store: ResultStore, task_id: str) -> None:
+    from polyroute.api import MAX_RESPONSE_BYTES, TaskStatus
+
+    proxy = {k: v for k, v in answer.items() if k != "json"}
+    assert answer["statusCode"] == 200
+    assert len(json.dumps(proxy).encode()) <= MAX_RESPONSE_BYTES
+    TaskStatus.model_validate(answer["json"])  # the contract's shape
+    a, b, c = answer["json"]["result"]["handoff"]["completedSteps"]
+    # The largest once escaped is left out, not the longest: one is enough.
+    assert a["result"].startswith("[left out: 1600000 bytes,")
+    assert f"s3://polyroute-test/results/{task_id}.json" in a["result"]
+    assert f"/results/{task_id}.json?" in a["result"] and "Signature" in a["result"]
+    assert b["result"] == "b" * 2_500_000 and c["result"] == {"answer": 42}
+    # The link's object holds the whole result.
+    whole = store.get(task_id)
+    assert whole.result.handoff.completed_steps[0].result == 'a"' * 800_000
+
+
+def test_a_get_whose_answer_would_pass_lambdas_response_limit_links_the_largest_output(
+    api: Any,
+) -> None:
+    from polyroute.schema import RunResult
+
+    api.store.finished("big", RunResult.model_validate(big_result("big")))
+    check_fitted(api(get("big")), api.store, "big")
+
+
+def test_a_sync_answer_over_the_response_limit_links_the_largest_output(api: Any) -> None:
+    from polyroute.schema import RunResult
+
+    class Finalized(FakeSfn):  # the finalizer records the result before the run returns
+        def start_sync_execution(self, **kwargs: Any) -> dict[str, Any]:
+            result = big_result(kwargs["name"])
+            api.store.finished(kwargs["name"], RunResult.model_validate(result))
+            return {"status": "SUCCEEDED", "output": json.dumps(result)}
+
+    check_fitted(
+        api(post({"description": "q", "taskId": "big-sync"}), Finalized()), api.store, "big-sync"
+    )
+
+
+def test_an_answer_under_the_response_limit_is_whole(api: Any) -> None:
+    from polyroute.schema import RunResult
+
+    result = big_result("whole")
+    result["handoff"]["completedSteps"][0]["result"] = "a" * 1_000_000
+    api.store.finished("whole", RunResult.model_validate(result))
+    answer = api(get("whole"))
+    assert [s["result"] for s in answer["json"]["result"]["handoff"]["completedSteps"]] == [
+        "a" * 1_000_000,
+        "b" * 2_500_000,
+        {"answer": 42},
+    ]
