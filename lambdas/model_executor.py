@@ -15,4 +15,5 @@ from polyroute_runtime import log_metrics, logger, tracer, workflow
 @tracer.capture_lambda_handler(capture_response=False)
 @log_metrics
 def handler(event: dict[str, Any], context: LambdaContext) -> Any:
-    return workflow().execute(event)
+    # Calls and retries stop in time for the function to answer (see Workflow.execute).
+    return workflow().execute(event, context.get_remaining_time_in_millis() / 1000.0)

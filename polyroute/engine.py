@@ -127,10 +127,17 @@ class _StepState:
 
 
 class Run:
-    """One task's run: its plan, budget, handoff and step states."""
+    """One task's run: its plan, budget, handoff and step states.
 
-    def __init__(self, engine: Engine, task: Task, task_id: str) -> None:
+    ``time_limit`` is when the process running this part of the run must stop (a Lambda
+    function's timeout, less a margin): calls and retry waits end by it as by the task's
+    deadline, whichever comes first (``out_of_function_time`` tells which one ran out)."""
+
+    def __init__(
+        self, engine: Engine, task: Task, task_id: str, time_limit: datetime | None = None
+    ) -> None:
         self.engine = engine
+        self.time_limit = time_limit
         self.cfg = engine.cfg
         self.task = task
         self.task_id = task_id
@@ -157,8 +164,24 @@ class Run:
         self.deps: dict[str, list[str]] = {}
 
     def time_left_s(self) -> float | None:
-        left = self.budget.time_left_ms(self.cfg.clock())
-        return None if left is None else left / 1000.0
+        now = self.cfg.clock()
+        left = self.budget.time_left_ms(now)
+        task_left = None if left is None else left / 1000.0
+        if self.time_limit is None:
+            return task_left
+        function_left = (self.time_limit - now).total_seconds()
+        return function_left if task_left is None else min(task_left, function_left)
+
+    def out_of_function_time(self) -> bool:
+        """True when ``time_limit`` has passed while the task's deadline has not: a call
+        stopped for want of time was stopped by the function, not by the task."""
+        if self.time_limit is None:
+            return False
+        now = self.cfg.clock()
+        if now < self.time_limit:
+            return False
+        left = self.budget.time_left_ms(now)
+        return left is None or left > 0
 
     def today(self) -> date:
         return self.cfg.today or self.cfg.clock().date()

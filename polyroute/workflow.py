@@ -32,7 +32,7 @@ import re
 import uuid
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any, Literal
 
 from pydantic import Field
@@ -63,6 +63,7 @@ from polyroute.engine import (
 )
 from polyroute.errors import (
     RETRYABLE_ERRORS,
+    BudgetExceededError,
     CircuitOpenError,
     ConfigError,
     DeadlineExceededError,
@@ -70,6 +71,7 @@ from polyroute.errors import (
     PlanningError,
     PolyrouteError,
     ProviderError,
+    ProviderTimeoutError,
 )
 from polyroute.execute import (
     RepairNotAffordedError,
@@ -236,6 +238,14 @@ class Workflow:
     def _today(self) -> date:
         return self.cfg.today or self._now().date()
 
+    def _time_limit(self, function_time_s: float | None) -> datetime | None:
+        """When a role given ``function_time_s`` (what its Lambda function has left) must have
+        stopped calling models, to leave ``FUNCTION_TIME_MARGIN_S`` to write its answer."""
+        if function_time_s is None:
+            return None
+        usable = max(0.0, function_time_s - FUNCTION_TIME_MARGIN_S)
+        return self._now() + timedelta(seconds=usable)
+
     def load_state(self, value: Any) -> WorkflowState:
         """The state from an event value (inline or a spill reference)."""
         return WorkflowState.model_validate(self.spiller.resolve(value))
@@ -307,8 +317,14 @@ class Workflow:
 
     # --- classify and plan ----------------------------------------------------------------
 
-    def classify(self, event: dict[str, Any]) -> dict[str, Any]:
-        """Start a run: read the task, classify it, set up the budget and the handoff."""
+    def classify(
+        self, event: dict[str, Any], function_time_s: float | None = None
+    ) -> dict[str, Any]:
+        """Start a run: read the task, classify it, set up the budget and the handoff.
+
+        ``function_time_s`` is what the function has left (the Lambda context's remaining
+        time): the model classifier's calls and retries stop in time for the local
+        classifier to answer, saying that the function's time ran out."""
         if "task" in event:
             start = StartInput.model_validate(event)
             raw_task = start.task
@@ -317,11 +333,15 @@ class Workflow:
             raw_task, task_id = event, None
         task = Task.model_validate(self.spiller.resolve(raw_task))
         task_id = task_id or task.task_id or uuid.uuid4().hex[:12]
-        run = Run(self._engine, task, task_id)
+        run = Run(self._engine, task, task_id, time_limit=self._time_limit(function_time_s))
         mat = materialize(task.attachments)
         # A given plan's pinned models are checked before the classifier is paid.
         self._engine.check_pins(task, mat, run)
         classification = asyncio.run(self._engine.classify(task, mat, run))
+        fell_back = _CLASSIFIER_FALLBACK.match(classification.classifier)
+        if fell_back and run.out_of_function_time():
+            note = f"local (fallback from model:{fell_back.group(1)}: {_out_of_time('Classifier')})"
+            classification = classification.model_copy(update={"classifier": note})
         state = WorkflowState(
             task_id=task_id,
             task=self.spiller.maybe_spill(task.to_wire(), "task"),
@@ -333,8 +353,12 @@ class Workflow:
         self._keep_run(state, run)
         return {"state": self.dump_state(state)}
 
-    def plan(self, event: dict[str, Any]) -> dict[str, Any]:
+    def plan(self, event: dict[str, Any], function_time_s: float | None = None) -> dict[str, Any]:
         """Plan the task (given, single step or the planning model) and validate the plan.
+
+        ``function_time_s`` is what the function has left: planning calls, retries and
+        fallbacks stop in time to record the result; planning stopped that way fails with a
+        ``PlanningError`` saying the function's time ran out (not a deadline stop).
 
         An invalid plan or an unusable pinned model raises (``CycleError`` names the cycle):
         the state machine catches it into a failed execution. Planning that fails on every
@@ -343,6 +367,7 @@ class Workflow:
         state = self.load_state(event["state"])
         task = self.task_of(state)
         run = self._run(task, state)
+        run.time_limit = self._time_limit(function_time_s)
         assert state.classification is not None
         images = 0
         if task.plan is not None and any(s.model and s.use_attachments for s in task.plan.steps):
@@ -352,6 +377,9 @@ class Workflow:
         except (PlanningError, LimitError) as exc:
             # No step runs; the scheduler finds nothing to do and the result says why, with
             # what classification and planning spent (as the local engine's does).
+            if run.out_of_function_time() and not isinstance(exc, BudgetExceededError):
+                tried = f" ({exc})" if isinstance(exc, PlanningError) else ""
+                exc = PlanningError(f"planning stopped: {_out_of_time('Planner')}{tried}")
             plan, failed = planning_failed(exc, self._now())
             state.plan = plan
             self._keep_run(state, run)
@@ -627,9 +655,13 @@ class Workflow:
             "packed": self.spiller.maybe_spill(body, "prompt"),
         }
 
-    def execute(self, event: dict[str, Any]) -> Any:
+    def execute(self, event: dict[str, Any], function_time_s: float | None = None) -> Any:
         """One call to the step's model. A provider error is raised by name, for the state
-        machine's ``Retry`` and ``Catch``; success returns the step's outcome."""
+        machine's ``Retry`` and ``Catch``; success returns the step's outcome.
+
+        ``function_time_s`` is what the function has left: the call, its repair and their
+        retries end in time to answer. A call the function has no time left for is a
+        ``ProviderTimeoutError`` (the state machine retries it in a fresh invocation)."""
         state = self.load_state(event["state"])
         task = self.task_of(state)
         item = WaveItem.model_validate(event["item"])
@@ -650,10 +682,16 @@ class Workflow:
         req = model_request(spec, step, packed, images, int(body["outTokens"]), self.cfg.seed)
         provider = self.cfg.provider_for(spec)
         budget = self._repair_budget(state.budget)
+        limit = self._time_limit(function_time_s)
 
         def time_left_s() -> float | None:
-            left = budget.time_left_ms(self._now())
-            return None if left is None else left / 1000.0
+            now = self._now()
+            left = budget.time_left_ms(now)
+            task_left = None if left is None else left / 1000.0
+            if limit is None:
+                return task_left
+            function_left = (limit - now).total_seconds()
+            return function_left if task_left is None else min(task_left, function_left)
 
         try:
             result = asyncio.run(
@@ -671,6 +709,13 @@ class Workflow:
                     ),
                 )
             )
+        except DeadlineExceededError:
+            left = budget.time_left_ms(self._now())
+            if limit is None or self._now() < limit or (left is not None and left <= 0):
+                raise
+            where = f"{spec.id} on {item.step_id}"
+            timeout = ProviderTimeoutError(f"{where}: {_out_of_time('ModelExecutor')}")
+            raise tag_provider(timeout, provider.name) from None
         except RepairNotAffordedError as exc:
             # The answer was billed and its repair does not fit: the step fails on the budget.
             caught = {"Error": type(exc.limit).__name__, "Cause": str(exc.limit)}
@@ -928,6 +973,18 @@ class Workflow:
         if self.results is not None:
             self.results.finished(state.task_id, result)
         return self.spiller.maybe_spill(result.to_wire(), "result")
+
+
+# What a role leaves itself, of its function's remaining time, to write its answer.
+FUNCTION_TIME_MARGIN_S = 10.0
+_CLASSIFIER_FALLBACK = re.compile(r"local \(fallback from model:([^:]+): ")
+
+
+def _out_of_time(function: str) -> str:
+    return (
+        f"the {function} function's time ran out (its Lambda timeout, less "
+        f"{FUNCTION_TIME_MARGIN_S:g} s to answer); the task's deadline had not passed"
+    )
 
 
 _SERVED_BY = re.compile(r" \[served by ([A-Za-z0-9_.\-]+)\]$")
