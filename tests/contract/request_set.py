@@ -41,11 +41,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from polyroute.api import MAX_BODY_BYTES
+
 Headers = Mapping[str, str]
 Send = Callable[[str, str, Headers, bytes | None], tuple[int, Headers, Any]]
 Check = Callable[[Any, Headers, dict[str, Any]], None]
-
-MAX_BODY_BYTES = 6 * 1024 * 1024
 
 
 def _png(width: int, height: int) -> bytes:
