@@ -7,6 +7,7 @@ import sys
 
 import pytest
 
+from polyroute import secrets
 from polyroute.providers import live
 from polyroute.providers.select import provider_selector
 from polyroute.providers.simulated import SimulatedProvider
@@ -80,8 +81,17 @@ def test_availability_follows_credentials(monkeypatch: pytest.MonkeyPatch) -> No
     assert not live.available("anthropic")
     monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-x-123456789")
     assert live.available("anthropic")
-    monkeypatch.setenv("POLYROUTE_SECRET_OPENAI", "prod/openai")
-    assert live.available("openai")
+    moto = pytest.importorskip("moto")
+    boto3 = pytest.importorskip("boto3")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    with moto.mock_aws():
+        sm = boto3.client("secretsmanager", region_name="us-east-1")
+        sm.create_secret(Name="prod/openai", SecretString=secrets.placeholder("openai"))
+        monkeypatch.setenv("POLYROUTE_SECRET_OPENAI", "prod/openai")
+        assert not live.available("openai")  # the stack's placeholder is no key
+        secrets.clear_cache()
+        sm.put_secret_value(SecretId="prod/openai", SecretString="sk-proj-123456789")
+        assert live.available("openai")
     assert not live.available("bedrock")
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
