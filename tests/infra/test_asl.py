@@ -16,15 +16,30 @@ from polyroute.workflow import EXECUTE_ATTEMPTS
 SERVICE_PREFIXES = ("States.", "Lambda.")
 
 
-def state_maps(definition: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    """Every ``States`` object, nested ones (Map processors, Parallel branches) too."""
-    yield definition["States"]
+def machines(definition: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """The definition and every nested one (Map processors, Parallel branches), each with
+    its own ``StartAt`` and ``States``."""
+    yield definition
     for state in definition["States"].values():
         for key in ("ItemProcessor", "Iterator"):
             if key in state:
-                yield from state_maps(state[key])
+                yield from machines(state[key])
         for branch in state.get("Branches", []):
-            yield from state_maps(branch)
+            yield from machines(branch)
+
+
+def state_maps(definition: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """Every ``States`` object, nested ones too."""
+    for machine in machines(definition):
+        yield machine["States"]
+
+
+def transitions(state: dict[str, Any]) -> set[str]:
+    """The states a state can go to next."""
+    targets = {t for t in [state.get("Next"), state.get("Default")] if t}
+    targets.update(c["Next"] for c in state.get("Choices", []))
+    targets.update(c["Next"] for c in state.get("Catch", []))
+    return targets
 
 
 def definitions() -> list[tuple[str, dict[str, Any]]]:
@@ -42,20 +57,34 @@ def test_every_placeholder_has_a_substitution(name: str, definition: dict[str, A
 def test_every_next_and_start_exists_and_every_state_is_reachable(
     name: str, definition: dict[str, Any]
 ) -> None:
-    for states in state_maps(definition):
-        targets: set[str] = set()
-        for state in states.values():
-            targets.update(t for t in [state.get("Next"), state.get("Default")] if t)
-            targets.update(c["Next"] for c in state.get("Choices", []))
-            targets.update(c["Next"] for c in state.get("Catch", []))
+    for machine in machines(definition):
+        states = machine["States"]
+        assert machine["StartAt"] in states, machine["StartAt"]
+        for name, state in states.items():
             assert (
                 state.get("End")
                 or state.get("Next")
                 or state["Type"] in ("Choice", "Fail", "Succeed")
-            )
-        assert targets <= set(states), targets - set(states)
-    top = definition["States"]
-    assert definition["StartAt"] in top
+            ), name
+            assert transitions(state) <= set(states), (name, transitions(state) - set(states))
+        # Walk from StartAt: a state nothing leads to is dead ASL.
+        seen, frontier = {machine["StartAt"]}, [machine["StartAt"]]
+        while frontier:
+            for target in transitions(states[frontier.pop()]) - seen:
+                seen.add(target)
+                frontier.append(target)
+        assert seen == set(states), f"unreachable in {name}: {sorted(set(states) - seen)}"
+
+
+def test_the_reachability_check_finds_an_orphan_and_a_wrong_start() -> None:
+    orchestrator = load("orchestrator")
+    orchestrator["States"]["Orphan"] = {"Type": "Pass", "End": True}
+    with pytest.raises(AssertionError, match="unreachable"):
+        test_every_next_and_start_exists_and_every_state_is_reachable("x", orchestrator)
+    inner = load("orchestrator")
+    inner["States"]["Wave"]["ItemProcessor"]["StartAt"] = "Nowhere"
+    with pytest.raises(AssertionError, match="Nowhere"):
+        test_every_next_and_start_exists_and_every_state_is_reachable("x", inner)
 
 
 @pytest.mark.parametrize(("name", "definition"), definitions())
