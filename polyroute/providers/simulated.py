@@ -14,6 +14,7 @@ import asyncio
 import hashlib
 import json
 import random
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Literal
@@ -251,11 +252,16 @@ def _classify_answer(req: ModelRequest) -> str:
     return json.dumps({"type": c.type, "complexity": c.complexity, "needs_vision": c.needs_vision})
 
 
+_AT_MOST = re.compile(r"## Limits\nAt most (\d+) steps\.")
+
+
 def _plan_answer(req: ModelRequest) -> str:
     from polyroute.planner import local_plan
 
     task = req.prompt.split("\n\n## Task\n", 1)[-1].split("\n\n## ", 1)[0]
-    plan = local_plan(task)
+    # Keep to the step limit the prompt gives, as a planning model is asked to.
+    limit = _AT_MOST.search(req.prompt)
+    plan = local_plan(task, int(limit.group(1))) if limit else local_plan(task)
     return json.dumps({"steps": [s.to_wire() for s in plan.steps]})
 
 
