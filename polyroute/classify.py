@@ -174,6 +174,29 @@ def parse_model_answer(text: str) -> _ModelAnswer:
         raise ValueError(f"{'.'.join(map(str, err['loc']))}: {err['msg']}") from None
 
 
+# The classification request's own text around the task (system prompt, labels, the retry
+# note), with room to spare.
+CLASSIFY_OVERHEAD_TOKENS = estimate_tokens(CLASSIFY_SYSTEM) + 100
+
+
+def head_within(text: str, max_tokens: int) -> tuple[str, int, int]:
+    """The longest start of ``text`` (cut at a line or word) whose estimate is within
+    ``max_tokens``; with its estimate and the whole text's."""
+    whole = estimate_tokens(text)
+    if whole <= max_tokens:
+        return text, whole, whole
+    end = len(text) * max(0, max_tokens) // whole
+    while end > 0:
+        cut = max(text.rfind("\n", 0, end), text.rfind(" ", 0, end))
+        head = text[: cut if cut > end // 2 else end]
+        tokens = estimate_tokens(head)
+        if tokens <= max_tokens:
+            return head, tokens, whole
+        # The estimate is not linear in length: shrink by how far over it is, and a little.
+        end = min(len(head) - 1, len(head) * max_tokens // tokens * 99 // 100)
+    return "", 0, whole
+
+
 class ModelClassifier:
     """The seed's classifier: the cheap classification model answers in JSON.
 
@@ -185,18 +208,33 @@ class ModelClassifier:
     name = "model"
 
     def __init__(
-        self, model: ModelSpec, provider: Provider, seed: int = 0, call: ModelCall | None = None
+        self,
+        model: ModelSpec,
+        provider: Provider,
+        seed: int = 0,
+        call: ModelCall | None = None,
+        max_input_tokens: int | None = None,
     ) -> None:
         self.model = model
         self.provider = provider
         self.seed = seed
         self.call = call or provider.request
+        self.max_input_tokens = max_input_tokens
 
     async def classify(self, item: ClassifyInput) -> Classification:
+        """Classify ``item``; a text longer than ``max_input_tokens`` allows (the model's
+        window share, less the request's own text) is read from its start only, and the
+        classification's ``classifier`` says so (the token count is the whole text's)."""
         total_cost = 0.0
         reason = ""
+        text, note = item.text, ""
+        if self.max_input_tokens is not None:
+            room = self.max_input_tokens - CLASSIFY_OVERHEAD_TOKENS
+            text, read, whole = head_within(item.text, room)
+            if read < whole:
+                note = f" (read the first {read:,} of {whole:,} tokens of the task)"
         for attempt in range(2):
-            prompt = f"Task:\n{item.text}\n\nImages attached: {item.image_count}"
+            prompt = f"Task:\n{text}\n\nImages attached: {item.image_count}"
             if attempt:
                 prompt += f"\n\nYour previous answer was rejected ({reason}). JSON only."
             req = ModelRequest(
@@ -223,7 +261,7 @@ class ModelClassifier:
                 complexity=item.complexity_hint or answer.complexity,
                 needs_vision=answer.needs_vision or item.image_count > 0,
                 token_count=estimate_tokens(item.text) + item.extra_tokens,
-                classifier=f"model:{self.model.id}",
+                classifier=f"model:{self.model.id}{note}",
                 cost_usd=total_cost,
             )
         raise ClassificationError(

@@ -238,6 +238,8 @@ class Engine:
             self.cfg.provider_for(spec),
             seed=self.cfg.seed,
             call=self.budgeted_call(run, "classification", spec),
+            # Classifying needs no more of the task than fits the window share.
+            max_input_tokens=self.router.window_tokens(spec),
         )
         try:
             return await clf.classify(item)
@@ -285,13 +287,33 @@ class Engine:
     def planning_models(self, task: Task, run: Run) -> list[ModelSpec]:
         """The planning model (the reasoning tier's, past retired models), then the models
         a planning call may fall back to, nearest in price first: as the router orders a
-        step's fallbacks, among the live models with JSON mode and room for the plan."""
+        step's fallbacks, among the live models with JSON mode and room for the plan.
+
+        Only models whose window share (``Router.window_tokens``) holds the planning
+        request are listed, in that order; ``PlanningError``, naming the size, if none does."""
         registry = self.cfg.registry
         primary, _ = registry.resolve(
             registry.tiers.get("reasoning", "claude-opus-4-5"), run.today()
         )
         req = plan_request(primary, task)
         tokens = estimate_tokens(f"{req.system}\n{req.prompt}")
+        models = self._planning_candidates(primary, tokens, run)
+        # As a step's input, the planning request must fit the share of a model's window the
+        # policy lets a call fill; a planning request is not compressed, so a model whose
+        # share it exceeds cannot plan.
+        fitting = [s for s in models if tokens <= self.router.window_tokens(s)]
+        if not fitting:
+            shares = ", ".join(f"{s.id}: {self.router.window_tokens(s):,}" for s in models)
+            raise PlanningError(
+                f"the planning request is {tokens:,} tokens, more than "
+                f"{self.cfg.policy.window_use:.0%} of the window of every planning model "
+                f"({shares}); shorten the task's description or give a plan"
+            )
+        return fitting
+
+    def _planning_candidates(self, primary: ModelSpec, tokens: int, run: Run) -> list[ModelSpec]:
+        """The planning model and its fallbacks, whatever the request's size."""
+        registry = self.cfg.registry
         route = RouteRequest(
             classification=Classification(type="planning", complexity="high", token_count=tokens),
             input_tokens=tokens,

@@ -796,3 +796,70 @@ def test_with_nothing_billed_there_is_no_baseline() -> None:
     assert result.savings_pct == 0
     text = render_run(result)
     assert "baseline: none (no step was billed)" in text and "opus" not in text.split("why")[0]
+
+
+# --- planning and the model classifier keep to the window share, as a step does ------------
+
+
+def long_planning_task(tokens: int, **constraints: object) -> Task:
+    """A planning task whose description is about ``tokens`` estimated tokens long."""
+    words = " ".join(f"plan milestone{i % 97} of the parser" for i in range(tokens // 6))
+    t = planning_task(**constraints)
+    return t.model_copy(update={"description": f"Plan the parser's rewrite. {words}"})
+
+
+def plan_inputs(sim: SimulatedProvider) -> list[tuple[str, int]]:
+    return [
+        (c.model.id, estimate_tokens(f"{c.system}\n{c.prompt}"))
+        for c in sim.calls
+        if c.purpose == "plan"
+    ]
+
+
+def test_planning_skips_models_whose_window_share_cannot_hold_the_request() -> None:
+    sim = SimulatedProvider(time_scale=0.0)
+    e = engine(sim)
+    t = long_planning_task(224_000)
+    models = [s.id for s in e.planning_models(t, Run(e, t, "long"))]
+    assert "claude-opus-4-5" not in models and models  # 140,000-token share
+    assert all(e.router.window_tokens(e.cfg.registry.get(m)) >= 224_000 for m in models)
+    result = asyncio.run(e.run(t))
+    assert result.plan_source == "planner"
+    [(model, tokens)] = plan_inputs(sim)
+    assert model == models[0] and tokens <= e.router.window_tokens(e.cfg.registry.get(model))
+
+
+def test_a_short_planning_request_keeps_the_planning_model_and_its_order() -> None:
+    e = engine(SimulatedProvider(time_scale=0.0))
+    t = planning_task()
+    models = [s.id for s in e.planning_models(t, Run(e, t, "short"))]
+    assert models[0] == "claude-opus-4-5" and len(models) > 3
+
+
+def test_planning_too_large_for_every_window_share_fails_naming_its_size() -> None:
+    sim = SimulatedProvider(time_scale=0.0)
+    e = engine(sim)
+    e.router = type(e.router)(e.cfg.registry, e.cfg.policy.model_copy(update={"window_use": 0.01}))
+    e.cfg.policy = e.router.policy
+    result = asyncio.run(e.run(long_planning_task(20_000)))
+    assert result.status == "failed" and result.stop_reason is None  # exit 1
+    error = result.steps[0].error or ""
+    assert re.match(r"the planning request is 2\d,\d{3} tokens, more than 1% of the window", error)
+    assert "claude-opus-5-5: 7,692" in error
+    assert purposes(sim, "plan") == [] and purposes(sim, "execute") == []
+
+
+def test_the_model_classifier_reads_only_what_fits_its_window_share() -> None:
+    sim = SimulatedProvider(time_scale=0.0)
+    e = engine(sim, classifier="model")
+    t = long_planning_task(224_000)
+    c = asyncio.run(e.classify(t, materialize([]), Run(e, t, "long")))
+    haiku = e.cfg.registry.get("claude-haiku-4-5")
+    [call] = [c for c in sim.calls if c.purpose == "classify"]
+    sent = estimate_tokens(f"{call.system}\n{call.prompt}")
+    assert sent <= e.router.window_tokens(haiku) < estimate_tokens(t.description)
+    assert re.fullmatch(
+        r"model:claude-haiku-4-5 \(read the first 1\d\d,\d{3} of 2\d\d,\d{3} tokens of the task\)",
+        c.classifier,
+    )
+    assert c.token_count == estimate_tokens(t.description)  # the whole task's size

@@ -100,3 +100,21 @@ def test_model_classifier_makes_its_calls_through_the_injected_call() -> None:
 
     with pytest.raises(RetriesExhaustedError):
         asyncio.run(ModelClassifier(haiku, provider, call=exhausted).classify(ClassifyInput("x")))
+
+
+@pytest.mark.parametrize("limit", [1, 50, 1_000, 30_000])
+def test_head_within_keeps_the_longest_start_that_fits(limit: int) -> None:
+    from polyroute.classify import head_within
+    from polyroute.tokens import estimate_tokens
+
+    text = " ".join(f"line{i} of the parser's 2,048-byte header" for i in range(4_000))
+    head, read, whole = head_within(text, limit)
+    assert text.startswith(head) and read == estimate_tokens(head) <= limit
+    assert whole == estimate_tokens(text) > limit
+    assert read >= limit * 0.9 or limit < 10  # not cut far more than needed
+
+
+def test_head_within_leaves_a_text_that_fits_whole() -> None:
+    from polyroute.classify import head_within
+
+    assert head_within("Review this pull request", 100)[0] == "Review this pull request"
