@@ -185,7 +185,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--input-tokens", type=_positive_int, default=2000)
     p.add_argument("--output-tokens", type=_positive_int, default=500)
-    p.add_argument("--baseline", metavar="MODEL", help="default: most expensive in the mix")
+    p.add_argument(
+        "--baseline",
+        metavar="MODEL",
+        help="default: most expensive in the mix. A retired model (here or in --mix) is"
+        " priced as given, with a warning on stderr naming its successor",
+    )
     p.add_argument("--prices", metavar="FILE", help="YAML/JSON prices overriding the registry")
     p.add_argument("--classifier", choices=["local", "model"], default="local")
     p.add_argument("--json", action="store_true")
@@ -440,6 +445,10 @@ def cmd_cost(args: argparse.Namespace) -> int:
         classifier=args.classifier,
         on=args.on or date.today(),
     )
+    # A retired model named in --mix or --baseline is priced as given (the user may want the
+    # old price), with a warning naming its successor.
+    for warning in proj.warnings:
+        sys.stderr.write(f"{PROG}: warning: {warning}\n")
     if args.json:
         print(projection_json(proj))
         return EXIT_OK
@@ -459,6 +468,10 @@ def cmd_cost(args: argparse.Namespace) -> int:
     print(f"\nsaving: {usd(proj.savings_usd)}/month ({proj.savings_pct:.1f}%)")
     as_of = sorted(set(proj.prices_as_of.values()))
     print(f"prices: registry list prices as of {', '.join(as_of)}")
+    if any(registry.get(m).token_factor != 1.0 for m in proj.prices_as_of if m in registry.models):
+        print("tokens: as estimated, scaled by each model's token_factor as it bills them")
+    for note in proj.notes:
+        print(f"note: {note}")
     return EXIT_OK
 
 
@@ -488,11 +501,14 @@ def cmd_models(args: argparse.Namespace) -> int:
     tiers = {v: k for k, v in registry.tiers.items()}
     rows = []
     for spec in registry.models.values():
-        life = (
-            "retired"
-            if spec.is_retired(on)
-            else (f"retires {spec.lifecycle.retires_on}" if spec.lifecycle.retires_on else "active")
-        )
+        if spec.is_retired(on):
+            life = f"retired {spec.lifecycle.retires_on}"
+        elif spec.lifecycle.retires_on:
+            life = f"retires {spec.lifecycle.retires_on}"
+        else:
+            life = "active"
+        if spec.lifecycle.retires_on and spec.lifecycle.successor:
+            life += f", successor {spec.lifecycle.successor}"
         rows.append(
             [
                 spec.id,

@@ -25,6 +25,25 @@ def estimate_call_cost(spec: ModelSpec, input_tokens: int, output_tokens: int) -
     return call_cost(spec, Usage(input_tokens=input_tokens, output_tokens=output_tokens))
 
 
+def billed_tokens(spec: ModelSpec, estimated_tokens: int) -> int:
+    """Tokens the model counts (and bills) for text our estimator puts at this many: scaled
+    by its ``token_factor``, rounded as the simulated provider and ``pack_step`` round."""
+    return round(estimated_tokens * spec.token_factor)
+
+
+def estimate_billed_cost(
+    spec: ModelSpec, input_tokens: int, output_tokens: int, max_output_tokens: int | None = None
+) -> float:
+    """USD for a call whose input and output our estimator puts at these counts, as a run
+    bills it: both scaled by the model's ``token_factor``, output capped at
+    ``max_output_tokens`` (a call's ``max_tokens``, already in billed tokens), and priced in
+    the band of the billed prompt."""
+    billed_out = billed_tokens(spec, output_tokens)
+    if max_output_tokens is not None:
+        billed_out = min(billed_out, max_output_tokens)
+    return estimate_call_cost(spec, billed_tokens(spec, input_tokens), billed_out)
+
+
 def savings_pct(routed_usd: float, baseline_usd: float) -> float:
     """Saving of the routed cost against the baseline, in percent (0 when there is none)."""
     if baseline_usd <= 0:

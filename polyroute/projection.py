@@ -12,7 +12,7 @@ import yaml
 from pydantic import Field, ValidationError
 
 from polyroute.classify import CLASSIFY_MAX_TOKENS
-from polyroute.cost import estimate_call_cost, savings_pct
+from polyroute.cost import estimate_billed_cost, savings_pct
 from polyroute.errors import ConfigError
 from polyroute.registry import ModelSpec, Price, Registry, first_error
 from polyroute.routing import Router, RouteRequest
@@ -43,6 +43,34 @@ class Projection(WireModel):
     savings_usd: float
     savings_pct: float
     prices_as_of: dict[str, str] = Field(default_factory=dict)
+    notes: list[str] = Field(
+        default_factory=list,
+        description="Each retired model the routing replaced, and by what.",
+    )
+    warnings: list[str] = Field(
+        default_factory=list,
+        description="Each retired model the mix or --baseline names, priced as given.",
+    )
+
+
+def retired_note(registry: Registry, model_id: str, on: date) -> str | None:
+    """``MODEL retired on DATE; its successor is NEXT`` for a model retired by ``on``, else
+    None."""
+    spec = registry.get(model_id)
+    if not spec.is_retired(on):
+        return None
+    successor, _ = registry.resolve(spec.id, on)
+    after = (
+        f"its successor is {successor.id}"
+        if successor.id != spec.id and not successor.is_retired(on)
+        else "it has no successor in the registry"
+    )
+    return f"{spec.id} retired on {spec.lifecycle.retires_on}; {after}"
+
+
+def _given_retired(registry: Registry, option: str, key: str, on: date) -> str | None:
+    note = retired_note(registry, key, on)
+    return None if note is None else f"{option} {key}: {note}; priced as given"
 
 
 def apply_prices(registry: Registry, path: str | Path) -> Registry:
@@ -90,6 +118,17 @@ def project(
 ) -> Projection:
     """Project a month: each mix key is a task type (routed) or a model id (as given)."""
     rows: list[ProjectionRow] = []
+    notes: list[str] = []
+    warnings: list[str] = []
+
+    def replaced(target: str, what: str) -> None:
+        spec, passed = registry.resolve(target, on)
+        if passed:
+            retired = registry.get(passed[0])
+            note = f"{retired.id} retired on {retired.lifecycle.retires_on}: {what} {spec.id}"
+            if note not in notes:
+                notes.append(note)
+
     for key, share in mix.items():
         if key in TASK_TYPES:
             decision = router.route(
@@ -105,10 +144,21 @@ def project(
                 )
             )
             spec, rule = registry.get(decision.model), decision.rule
+            matched = next((r for r in router.policy.rules if r.name == rule), None)
+            if matched is not None:
+                target = (
+                    registry.tier(matched.tier)
+                    if matched.tier
+                    else registry.get(str(matched.model))
+                )
+                replaced(target.id, f"{key} runs on its successor")
         else:
             spec, rule = registry.get(key), "given"
+            warning = _given_retired(registry, "--mix", key, on)
+            if warning is not None:
+                warnings.append(warning)
         n = tasks * share
-        cost = n * estimate_call_cost(spec, input_tokens, output_tokens)
+        cost = n * estimate_billed_cost(spec, input_tokens, output_tokens)
         rows.append(
             ProjectionRow(
                 key=key, model=spec.id, share=share, tasks=n, cost_usd=round(cost, 2), rule=rule
@@ -117,10 +167,19 @@ def project(
     base_spec: ModelSpec = (
         registry.get(baseline) if baseline else registry.most_expensive([r.model for r in rows])
     )
-    base_cost = tasks * estimate_call_cost(base_spec, input_tokens, output_tokens)
+    if baseline:
+        warning = _given_retired(registry, "--baseline", baseline, on)
+        if warning is not None:
+            warnings.append(warning)
+    base_cost = tasks * estimate_billed_cost(base_spec, input_tokens, output_tokens)
     if classifier == "model":
-        clf_spec, _ = registry.resolve(registry.tiers.get("fast", "claude-haiku-4-5"), on)
-        clf_cost = tasks * estimate_call_cost(clf_spec, input_tokens, CLASSIFY_MAX_TOKENS)
+        fast = registry.tiers.get("fast", "claude-haiku-4-5")
+        clf_spec, _ = registry.resolve(fast, on)
+        replaced(fast, "the classifier runs on its successor")
+        # The classifier's output is its call's max_tokens, already in billed tokens.
+        clf_cost = tasks * estimate_billed_cost(
+            clf_spec, input_tokens, CLASSIFY_MAX_TOKENS, max_output_tokens=CLASSIFY_MAX_TOKENS
+        )
         clf_row = ProjectionRow(
             key="classifier (model)",
             model=clf_spec.id,
@@ -160,6 +219,8 @@ def project(
         prices_as_of={
             m: registry.get(m).price_as_of.isoformat() for m in sorted(used) if m in registry.models
         },
+        notes=notes,
+        warnings=warnings,
     )
 
 

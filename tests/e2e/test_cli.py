@@ -276,3 +276,48 @@ def test_a_step_no_model_can_take_is_refused_before_anything_runs(
     assert proc.stdout == ""
     [line] = proc.stderr.strip().splitlines()
     assert "plan.steps.1: no model can take step a (" in line
+
+
+def test_cost_bills_the_token_factor_and_notes_retired_models() -> None:
+    proc = polyroute("cost", "--on", "2027-02-01")
+    assert proc.returncode == 0, proc.stderr
+    assert "$23,400.00" in proc.stdout and "$5,850.00" in proc.stdout
+    assert (
+        "note: claude-sonnet-4-5 retired on 2026-11-30: implementation runs on its successor"
+        " claude-sonnet-5-5" in proc.stdout
+    )
+    assert "note: claude-opus-4-5 retired on 2027-01-22" in proc.stdout
+    assert proc.stderr == ""
+    proc = polyroute(
+        "cost", "--mix", "claude-haiku-5-5=100%", "--input-tokens", "150000",
+        "--output-tokens", "1000", "--tasks", "1000", "--json",
+    )  # fmt: skip
+    assert json.loads(proc.stdout)["routedUsd"] == 100.75
+
+
+def test_cost_warns_of_a_retired_baseline_or_mix_model() -> None:
+    proc = polyroute(
+        "cost", "--on", "2027-02-01", "--baseline", "claude-opus-4-5", "--mix",
+        "claude-sonnet-4-5=1", "--json",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stderr.splitlines()
+    assert lines == [
+        "polyroute: warning: --mix claude-sonnet-4-5: claude-sonnet-4-5 retired on 2026-11-30;"
+        " its successor is claude-sonnet-5-5; priced as given",
+        "polyroute: warning: --baseline claude-opus-4-5: claude-opus-4-5 retired on 2027-01-22;"
+        " its successor is claude-opus-5-5; priced as given",
+    ]
+    assert json.loads(proc.stdout)["baseline"]["model"] == "claude-opus-4-5"
+
+
+def test_models_names_the_successor_of_a_retired_model() -> None:
+    proc = polyroute("models", "--on", "2027-02-01")
+    assert proc.returncode == 0, proc.stderr
+    rows = {line.split()[0]: line for line in proc.stdout.splitlines()[2:]}
+    assert rows["claude-sonnet-4-5"].endswith("retired 2026-11-30, successor claude-sonnet-5-5")
+    assert rows["claude-opus-4-5"].endswith("retired 2027-01-22, successor claude-opus-5-5")
+    assert rows["claude-sonnet-5-5"].endswith("active")
+    proc = polyroute("models", "--on", "2026-11-27")
+    rows = {line.split()[0]: line for line in proc.stdout.splitlines()[2:]}
+    assert rows["claude-opus-4-5"].endswith("retires 2027-01-22, successor claude-opus-5-5")
