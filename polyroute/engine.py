@@ -162,6 +162,8 @@ class Run:
         self.providers: dict[str, str] = {}
         self.simulated = False
         self.deps: dict[str, list[str]] = {}
+        # The model that planned, and why the ones before it did not (set by model_plan).
+        self.planned_by: str | None = None
 
     def time_left_s(self) -> float | None:
         now = self.cfg.clock()
@@ -266,8 +268,9 @@ class Engine:
 
         A given plan's pinned models are checked (``images``: how many the task attaches).
         The planning call is budgeted and retried as a step's is, then falls back to the
-        next eligible planning model; ``BudgetExceededError`` if the planning model does not
-        fit the budget, ``PlanningError`` when no model is left."""
+        next eligible planning model (a cheaper one when it does not fit the budget);
+        ``BudgetExceededError`` if no planning model fits the budget, ``PlanningError`` when
+        no model is left."""
         if task.plan is not None:
             plan = task.plan
         elif needs_planner(task, classification):
@@ -335,7 +338,10 @@ class Engine:
 
     async def model_plan(self, task: Task, run: Run) -> Plan:
         """A plan from the planning model, falling back to the next eligible model when its
-        retries run out (or its circuit is open)."""
+        retries run out (or its circuit is open), or when it does not fit what is left of the
+        budget (a cheaper one may, as a step moves to a cheaper model): ``BudgetExceededError``
+        only when no planning model fits. ``run.planned_by`` says which model planned and why.
+        """
         failed: list[str] = []
         over_budget: list[str] = []
         b = self.cfg.breaker
@@ -350,17 +356,21 @@ class Engine:
                 call=self.budgeted_call(run, "planning", spec),
             )
             try:
-                return await planner.plan(task)
+                plan = await planner.plan(task)
             except RetriesExhaustedError as exc:
                 failed.append(f"{spec.id}: {failure_note(exc)}")
+                continue
             except BudgetExceededError as exc:
-                if not failed:
-                    raise
-                # A fallback that does not fit what is left: a cheaper one may.
                 over_budget.append(str(exc))
+                continue
+            passed = "; ".join(failed + over_budget)
+            run.planned_by = spec.id if not passed else f"{spec.id} ({passed})"
+            if passed:
+                logger.info("task %s planned on %s", run.task_id, run.planned_by)
+            return plan
         tried = "; ".join(failed + over_budget)
         if over_budget:
-            raise BudgetExceededError(f"no planning model left fits the budget ({tried})")
+            raise BudgetExceededError(f"no planning model fits the budget ({tried})")
         raise PlanningError(f"planning failed on every eligible model ({tried})")
 
     def budgeted_call(self, run: Run, what: str, spec: ModelSpec) -> ModelCall:

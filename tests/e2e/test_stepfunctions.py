@@ -344,14 +344,32 @@ def test_a_retried_or_failed_over_planning_call_plans_as_locally(
 
 
 def test_a_planner_that_does_not_fit_the_budget_stops_both_engines_alike() -> None:
-    result, local, sfn_sim, _ = both(planning_task(max_cost_usd=0.005))
+    result, local, sfn_sim, _ = both(planning_task(max_cost_usd=0.0005))
     assert result.status == local.status == "failed"
     assert result.stop_reason == local.stop_reason == "budget"
     assert steps_of(result) == steps_of(local)
     error = result.steps[0].error or ""
     assert error == local.steps[0].error
-    assert error.startswith("planning on claude-opus-4-5 may cost $0.05")
+    assert error.startswith(
+        "no planning model fits the budget (planning on claude-opus-4-5 may cost $0.05"
+    )
     assert sfn_sim.calls == []
+
+
+@pytest.mark.parametrize(
+    ("failures", "constraints"),
+    [([], {"max_cost_usd": 0.03}), (["claude-opus-4-5=truncated"], {"max_cost_usd": 0.06})],
+)
+def test_planning_steps_down_to_a_cheaper_model_on_both_engines_alike(
+    failures: list[str], constraints: dict[str, object]
+) -> None:
+    result, local, sfn_sim, local_sim = both(planning_task(**constraints), failures)
+    calls = plan_calls(sfn_sim)
+    assert calls == plan_calls(local_sim) and calls[-1] != "claude-opus-4-5"
+    assert result.plan_source == local.plan_source == "planner"
+    assert steps_of(result) == steps_of(local)
+    assert result.budgets == local.budgets
+    assert result.budgets.cost_used_usd <= constraints["max_cost_usd"]  # type: ignore[operator]
 
 
 @pytest.mark.parametrize(
@@ -359,7 +377,6 @@ def test_a_planner_that_does_not_fit_the_budget_stops_both_engines_alike() -> No
     [
         (["claude-opus-4-5=refusal"], {}, None),
         (["claude-opus-4-5=truncatedx2"], {}, None),
-        (["claude-opus-4-5=truncated"], {"max_cost_usd": 0.06}, "budget"),
     ],
 )
 def test_a_failed_planning_call_ends_in_a_result_with_its_spend_as_locally(

@@ -417,17 +417,20 @@ def test_planning_fails_in_one_line_when_no_model_is_left() -> None:
 @pytest.mark.parametrize(
     ("constraints", "message"),
     [
-        ({"max_cost_usd": 0.005}, r"planning on claude-opus-4-5 may cost \$0\.05\d+; \$0\.0050 of"),
+        ({"max_cost_usd": 0.0005}, r"planning on claude-opus-4-5 may cost \$0\.05\d+; \$0\.0005"),
         ({"max_token_budget": 300}, r"planning on claude-opus-4-5 needs up to 2,\d{3} tokens; 300"),
     ],
 )
-def test_a_planner_that_does_not_fit_the_budget_stops_the_run_before_it_is_called(
+def test_when_no_planning_model_fits_the_budget_the_run_stops_before_any_is_called(
     constraints: dict[str, object], message: str
 ) -> None:
     sim = SimulatedProvider(time_scale=0.0)
     result = asyncio.run(engine(sim).run(planning_task(**constraints)))
     assert result.status == "failed" and result.stop_reason == "budget"  # exit 3
-    assert re.search(message, result.steps[0].error or "")
+    error = result.steps[0].error or ""
+    assert error.startswith("no planning model fits the budget (") and "\n" not in error
+    assert re.search(message, error)
+    assert "planning on claude-haiku-5-5" in error  # the cheapest was tried too
     assert sim.calls == []
     assert result.totals.cost_usd == result.budgets.cost_used_usd == 0
 
@@ -461,17 +464,37 @@ def test_a_failed_planning_call_ends_in_a_result_with_its_spend(
     assert result.providers == {"claude-opus-4-5": "simulated"}
 
 
-def test_planning_stopped_by_the_budget_after_spending_ends_in_a_result_with_its_spend() -> None:
-    """The first answer is cut off and billed; its repair does not fit: exit 3, with the
-    spend in the result."""
+def test_planning_steps_down_to_a_cheaper_model_when_the_planner_does_not_fit_the_budget() -> None:
+    sim = SimulatedProvider(time_scale=0.0)
+    e = engine(sim)
+    t = planning_task(max_cost_usd=0.03)
+    run = Run(e, t, "low-budget")
+    classification = asyncio.run(e.classify(t, materialize([]), run))
+    plan = asyncio.run(e.make_plan(t, classification, run))
+    assert plan.source == "planner"
+    [model] = purposes(sim, "plan")
+    order = [s.id for s in e.planning_models(t, run)]
+    # The nearest in price after claude-opus-4-5 that fits: none before it in the list did.
+    assert order[0] == "claude-opus-4-5" and model in order[1:]
+    assert run.planned_by is not None and run.planned_by.startswith(f"{model} (")
+    assert "planning on claude-opus-4-5 may cost $0.05" in run.planned_by
+    assert run.budget.cost_used_usd <= 0.03
+    result = asyncio.run(engine(SimulatedProvider(time_scale=0.0)).run(t))
+    assert result.plan_source == "planner" and result.budgets.cost_used_usd <= 0.03
+
+
+def test_planning_cut_short_by_the_budget_after_spending_steps_down_and_keeps_its_spend() -> None:
+    """The first answer is cut off and billed; its repair does not fit: a cheaper model
+    plans, and the first one's spend stays in the result."""
     sim = SimulatedProvider(
         time_scale=0.0, failures=FailurePlan.parse(["claude-opus-4-5=truncated"])
     )
     result = asyncio.run(engine(sim).run(planning_task(max_cost_usd=0.06)))
-    assert result.status == "failed" and result.stop_reason == "budget"
-    assert "planning on claude-opus-4-5 may cost" in (result.steps[0].error or "")
-    assert purposes(sim, "plan") == ["claude-opus-4-5"]
-    assert 0.04 < result.totals.cost_usd == result.budgets.cost_used_usd <= 0.06
+    assert result.plan_source == "planner"
+    calls = purposes(sim, "plan")
+    assert calls[0] == "claude-opus-4-5" and len(calls) == 2 and calls[1] != calls[0]
+    assert 0.04 < result.totals.classifier_cost_usd <= result.budgets.cost_used_usd <= 0.06
+    assert result.totals.cost_usd == pytest.approx(result.budgets.cost_used_usd)
 
 
 def test_planning_is_counted_in_the_budget_and_the_totals() -> None:
@@ -791,7 +814,7 @@ def test_with_nothing_billed_there_is_no_baseline() -> None:
     from polyroute.render import render_run
 
     sim = SimulatedProvider(time_scale=0.0)
-    result = asyncio.run(engine(sim).run(planning_task(max_cost_usd=0.005)))
+    result = asyncio.run(engine(sim).run(planning_task(max_cost_usd=0.0005)))
     assert result.baseline.model == "" and result.baseline.cost_usd == 0
     assert result.savings_pct == 0
     text = render_run(result)
