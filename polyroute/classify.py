@@ -60,12 +60,6 @@ _TYPE_RULES: tuple[tuple[TaskType, re.Pattern[str]], ...] = tuple(
     (t, re.compile(p, re.IGNORECASE)) for t, p in _TYPE_PATTERNS
 )
 
-_VISION_WORDS = re.compile(
-    r"\b(this (image|photo|picture|screenshot)|in the (image|photo|picture|screenshot)|"
-    r"look at|ocr|what do you see)\b",
-    re.IGNORECASE,
-)
-
 
 @dataclass(frozen=True)
 class ClassifyInput:
@@ -88,9 +82,12 @@ class Classifier(Protocol):
         ...
 
 
-def local_type(text: str) -> TaskType:
-    """The task type by keyword rules."""
+def local_type(text: str, *, images: bool = True) -> TaskType:
+    """The task type by keyword rules; ``images=False`` (nothing to look at) passes over
+    the vision words, which then only name what the text is about."""
     for task_type, pattern in _TYPE_RULES:
+        if task_type == "vision" and not images:
+            continue
         if pattern.search(text):
             return task_type
     if text.strip().endswith("?") and len(text) < 400:
@@ -123,8 +120,9 @@ class LocalClassifier:
     def classify_sync(self, item: ClassifyInput) -> Classification:
         """The classification, computed in-process."""
         text = item.text
-        task_type = item.type_hint or local_type(text)
-        needs_vision = item.image_count > 0 or bool(_VISION_WORDS.search(text))
+        # Vision needs an image: words alone ("look at this bug") never ask for it.
+        needs_vision = item.image_count > 0
+        task_type = item.type_hint or local_type(text, images=needs_vision)
         if needs_vision and item.type_hint is None and task_type == "general":
             task_type = "vision"
         score, level = score_complexity(text)
@@ -259,7 +257,8 @@ class ModelClassifier:
             return Classification(
                 type=item.type_hint or answer.type,
                 complexity=item.complexity_hint or answer.complexity,
-                needs_vision=answer.needs_vision or item.image_count > 0,
+                # The model's word alone does not make a task need vision: an image does.
+                needs_vision=item.image_count > 0,
                 token_count=estimate_tokens(item.text) + item.extra_tokens,
                 classifier=f"model:{self.model.id}{note}",
                 cost_usd=total_cost,

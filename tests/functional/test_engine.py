@@ -886,3 +886,26 @@ def test_the_model_classifier_reads_only_what_fits_its_window_share() -> None:
         c.classifier,
     )
     assert c.token_count == estimate_tokens(t.description)  # the whole task's size
+
+
+# --- vision needs an image ------------------------------------------------------------------
+
+
+def test_look_at_steps_over_a_diff_are_not_routed_by_the_vision_rule() -> None:
+    t = load_task(EXAMPLES / "code_review.json")
+    assert t.plan is not None
+    for step in t.plan.steps[1:3]:  # review and analysis, reading the .diff
+        step.description = f"Look at the diff. {step.description}"
+    result = asyncio.run(engine(SimulatedProvider(time_scale=0.0)).run(t))
+    looked = [s for s in result.steps if s.description.startswith("Look at")]
+    assert [s.type for s in looked] == ["review", "analysis"]
+    assert all(s.rule != "vision" and s.model != "gpt-4o-mini" for s in looked)
+
+
+def test_a_task_that_says_look_at_without_an_image_is_not_a_vision_task() -> None:
+    sim = SimulatedProvider(time_scale=0.0)
+    t = Task(description="Look at this bug in the parser")
+    result = asyncio.run(engine(sim).run(t))
+    c = result.classification
+    assert c is not None and (c.type, c.needs_vision) != ("vision", True)
+    assert not c.needs_vision and result.steps[0].rule != "vision"

@@ -118,3 +118,39 @@ def test_head_within_leaves_a_text_that_fits_whole() -> None:
     from polyroute.classify import head_within
 
     assert head_within("Review this pull request", 100)[0] == "Review this pull request"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Look at this bug in the parser",
+        "Look at the diff and review the error handling",
+        "What do you see wrong in this function?",
+        "Describe the chart of monthly sign-ups in the report",
+    ],
+)
+def test_words_alone_never_make_a_task_need_vision(text: str) -> None:
+    from polyroute.classify import LocalClassifier
+
+    c = LocalClassifier().classify_sync(ClassifyInput(text))
+    assert c.needs_vision is False and c.type != "vision"
+    with_image = LocalClassifier().classify_sync(ClassifyInput(text, image_count=1))
+    assert with_image.needs_vision is True
+
+
+def test_an_attached_image_makes_a_wordless_task_a_vision_task() -> None:
+    from polyroute.classify import LocalClassifier
+
+    c = LocalClassifier().classify_sync(ClassifyInput("Tell me about it", image_count=1))
+    assert (c.type, c.needs_vision) == ("vision", True)
+
+
+def test_the_model_classifier_cannot_ask_for_vision_without_an_image() -> None:
+    haiku = load_registry().get("claude-haiku-4-5")
+    answer = '{"type": "review", "complexity": "low", "needs_vision": true}'
+    no_image = ClassifyInput("Look at this bug in the parser")
+    c = asyncio.run(ModelClassifier(haiku, ScriptedProvider([answer])).classify(no_image))
+    assert (c.type, c.needs_vision) == ("review", False)
+    one_image = ClassifyInput("Look at this screenshot", image_count=1)
+    c = asyncio.run(ModelClassifier(haiku, ScriptedProvider([answer])).classify(one_image))
+    assert c.needs_vision is True
