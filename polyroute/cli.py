@@ -1,7 +1,7 @@
 """The ``polyroute`` command line.
 
-Exit codes: 0 done; 2 bad input (one line on stderr naming the file and field, or the
-cycle); 3 stopped by a budget or the deadline (the partial result is still printed);
+Exit codes: 0 done; 2 bad input (one line on stderr naming the file and field, and the
+cycle if there is one); 3 stopped by a budget or the deadline (the partial result is still printed);
 1 anything else. A user's mistake never prints a traceback.
 """
 
@@ -294,12 +294,34 @@ def _check_pins(path: str, task: Any, engine: Any) -> None:
         raise type(exc)(f"{path}: {exc}") from None
 
 
+def _check_plan(path: str, task: Any) -> None:
+    """Check the task's own plan before anything runs, as the engine would (ids,
+    dependencies, cycle, ``constraints.maxSteps``), with the error naming the task file and
+    the field, as other task-file errors do."""
+    from polyroute.errors import PlanValidationError
+    from polyroute.graph import check_graph
+
+    if task.plan is None:
+        return
+    try:
+        check_graph(task.plan)
+    except PlanValidationError as exc:
+        raise type(exc)(f"{path}: plan.steps: {exc}") from None
+    steps, limit = len(task.plan.steps), task.constraints.max_steps
+    if steps > limit:
+        raise PlanValidationError(
+            f"{path}: plan.steps: the plan has {steps} steps, more than"
+            f" constraints.maxSteps={limit}"
+        )
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from polyroute.render import render_run
     from polyroute.taskfile import load_task
 
     task = load_task(args.task)
     engine = _make_engine(args)
+    _check_plan(args.task, task)
     _check_pins(args.task, task, engine)
     if args.engine == "stepfunctions-local":
         from polyroute.sfn_local import run_on_stepfunctions_local
@@ -366,6 +388,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
     task = load_task(args.task)
     engine = _make_engine(args)
+    _check_plan(args.task, task)
     _check_pins(args.task, task, engine)
 
     async def go() -> PlanReport:

@@ -10,6 +10,16 @@ from polyroute.schema import Plan, Step
 
 def validate_plan(plan: Plan, max_steps: int) -> None:
     """Raise if ids repeat, a dependency is unknown, there is a cycle, or too many steps."""
+    check_graph(plan)
+    if len(plan.steps) > max_steps:
+        raise PlanValidationError(
+            f"plan has {len(plan.steps)} steps, more than maxSteps={max_steps}"
+        )
+
+
+def check_graph(plan: Plan) -> None:
+    """Raise if ids repeat, a dependency is unknown, or there is a cycle (whatever the
+    number of steps)."""
     ids: set[str] = set()
     for step in plan.steps:
         if step.id in ids:
@@ -24,10 +34,6 @@ def validate_plan(plan: Plan, max_steps: int) -> None:
     cycle = find_cycle({s.id: s.depends_on for s in plan.steps})
     if cycle:
         raise CycleError("cycle: " + " -> ".join(cycle))
-    if len(plan.steps) > max_steps:
-        raise PlanValidationError(
-            f"plan has {len(plan.steps)} steps, more than maxSteps={max_steps}"
-        )
 
 
 def find_cycle(deps: Mapping[str, list[str]]) -> list[str] | None:

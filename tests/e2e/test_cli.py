@@ -118,7 +118,9 @@ def test_bad_task_files_exit_2_with_one_line(tmp_path: Path, content: str, fragm
 def test_cycle_is_named_and_exits_2() -> None:
     proc = polyroute("plan", "examples/cyclic_plan.json")
     assert proc.returncode == 2
-    assert proc.stderr.strip() == "polyroute: error: cycle: a -> b -> c -> a"
+    assert proc.stderr.strip() == (
+        "polyroute: error: examples/cyclic_plan.json: plan.steps: cycle: a -> b -> c -> a"
+    )
     proc = polyroute("run", "examples/cyclic_plan.json")
     assert proc.returncode == 2 and "cycle: a -> b -> c -> a" in proc.stderr
 

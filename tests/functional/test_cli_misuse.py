@@ -254,3 +254,39 @@ def test_a_pin_that_cannot_run_on_the_date_names_the_task_file(
     assert f"error: {task}: plan.steps.0.model: step s pins claude-sonnet-4-5" in (
         one_line_error(capsys)
     )
+
+
+# --- a task file's plan: errors name the file and the field ------------------------------------
+
+
+def _plan_task(tmp_path: Path, steps: list[dict[str, object]], max_steps: int = 20) -> str:
+    path = tmp_path / "task.json"
+    task = {"description": "d", "constraints": {"maxSteps": max_steps}, "plan": {"steps": steps}}
+    path.write_text(json.dumps(task), encoding="utf-8")
+    return str(path)
+
+
+@pytest.mark.parametrize("command", ["run", "plan"])
+def test_a_plan_longer_than_max_steps_names_the_file_and_fields(
+    command: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    steps: list[dict[str, object]] = [{"id": f"s{i}", "description": "x"} for i in range(8)]
+    path = _plan_task(tmp_path, steps, max_steps=5)
+    assert main([command, path, "--time-scale", "0.001"]) == EXIT_BAD_INPUT
+    assert one_line_error(capsys) == (
+        f"polyroute: error: {path}: plan.steps: the plan has 8 steps, more than"
+        " constraints.maxSteps=5"
+    )
+
+
+@pytest.mark.parametrize("command", ["run", "plan"])
+def test_a_cycle_in_the_plan_names_the_file_and_the_cycle(
+    command: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    steps: list[dict[str, object]] = [
+        {"id": "a", "description": "x", "dependsOn": ["b"]},
+        {"id": "b", "description": "y", "dependsOn": ["a"]},
+    ]
+    path = _plan_task(tmp_path, steps)
+    assert main([command, path, "--time-scale", "0.001"]) == EXIT_BAD_INPUT
+    assert one_line_error(capsys) == f"polyroute: error: {path}: plan.steps: cycle: a -> b -> a"

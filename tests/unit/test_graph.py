@@ -7,7 +7,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from polyroute.errors import CycleError, PlanValidationError
-from polyroute.graph import critical_path, descendants, find_cycle, validate_plan, waves
+from polyroute.graph import (
+    check_graph,
+    critical_path,
+    descendants,
+    find_cycle,
+    validate_plan,
+    waves,
+)
 from polyroute.schema import Plan, Step
 
 
@@ -94,3 +101,11 @@ def test_adding_a_back_edge_is_always_caught(
     assert names[0] == names[-1]
     for a, b in itertools.pairwise(names):
         assert a in edges[b], f"{b} does not depend on {a}"
+
+
+def test_check_graph_ignores_the_number_of_steps_but_not_a_cycle() -> None:
+    check_graph(plan({"a": [], "b": ["a"], "c": ["b"]}))
+    with pytest.raises(CycleError, match="cycle: a -> b -> a"):
+        check_graph(plan({"a": ["b"], "b": ["a"]}))
+    with pytest.raises(PlanValidationError, match="unknown step 'z'"):
+        check_graph(plan({"a": ["z"]}))
