@@ -172,10 +172,21 @@ def check_pins(plan: Plan, registry: Registry, today: date, images: int = 0) -> 
         except UnknownModelError as exc:
             raise UnknownModelError(f"{where}: step {step.id} pins {exc}") from None
         why = pin_problem(spec, step, today, images)
+        if why is not None and spec.is_retired(today):
+            why += successor_note(spec, registry, today)
         if why is not None:
             raise PinnedModelError(
                 f"{where}: step {step.id} pins {spec.id}, which cannot take it: {why}"
             )
+
+
+def successor_note(spec: ModelSpec, registry: Registry, today: date) -> str:
+    """What replaces a retired model, for its error: the registry's successor, followed
+    past successors that have retired too, or that it has none."""
+    live, _ = registry.resolve(spec.id, today)
+    if live.is_retired(today):
+        return "; it has no live successor in the registry"
+    return f"; pin its successor {live.id} instead"
 
 
 def check_takers(step: Step, index: int, registry: Registry, today: date, images: int) -> None:

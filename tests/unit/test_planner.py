@@ -163,7 +163,7 @@ def test_check_pins_accepts_models_that_can_take_their_step() -> None:
             0,
             PinnedModelError,
             "plan.steps.1.model: step review pins claude-sonnet-4-5, which cannot take it: "
-            "retired on 2026-11-30",
+            "retired on 2026-11-30; pin its successor claude-sonnet-5-5 instead",
         ),
         (
             pinned("gpt-4o-mini", needs=["long_context"]),
@@ -246,3 +246,26 @@ def test_a_capability_no_live_model_has_is_refused() -> None:
     only_gpt = registry.model_copy(update={"models": {gpt.id: gpt}})
     with pytest.raises(PlanValidationError, match=r"step big \(gpt-4o: lacks long_context\)"):
         check_pins(unpinned(needs=["long_context"]), only_gpt, DAY)
+
+
+def test_a_pin_on_a_retired_model_names_the_live_successor_past_retired_ones() -> None:
+    registry = load_registry()
+    opus = registry.get("claude-opus-4-5")
+    sonnet = registry.get("claude-sonnet-4-5")
+    # claude-sonnet-4-5 -> claude-opus-4-5 (retired too) -> claude-opus-5-5.
+    chained = sonnet.model_copy(
+        update={"lifecycle": sonnet.lifecycle.model_copy(update={"successor": opus.id})}
+    )
+    registry = registry.model_copy(update={"models": {**registry.models, sonnet.id: chained}})
+    late = date(2027, 2, 1)
+    with pytest.raises(PinnedModelError) as info:
+        check_pins(pinned("claude-sonnet-4-5"), registry, late)
+    assert str(info.value).endswith(
+        "retired on 2026-11-30; pin its successor claude-opus-5-5 instead"
+    )
+    orphan = sonnet.model_copy(
+        update={"lifecycle": sonnet.lifecycle.model_copy(update={"successor": None})}
+    )
+    registry = registry.model_copy(update={"models": {**registry.models, sonnet.id: orphan}})
+    with pytest.raises(PinnedModelError, match="retired on 2026-11-30; it has no live successor"):
+        check_pins(pinned("claude-sonnet-4-5"), registry, late)
