@@ -190,7 +190,7 @@ def test_a_run_with_nothing_billed_names_no_baseline_model() -> None:
     )
     assert isinstance(engine, Engine)
     task = load_task(EXAMPLES / "planning.json")
-    task.constraints.max_cost_usd = 0.005  # the planner does not fit: nothing is billed
+    task.constraints.max_cost_usd = 0.0005  # no planning model fits: nothing is billed
     result = asyncio.run(engine.run(task))
     assert result.baseline.model == ""
     page = render_html(result)
