@@ -51,6 +51,7 @@ from polyroute.api import (
     request_fingerprint,
     timed_out_on_express,
 )
+from polyroute.awsclient import error_code
 from polyroute.schema import RunResult, Task
 from polyroute.spill import Spiller
 from polyroute.workflow import IdempotencyRecord, IdempotencyStore, ResultStore
@@ -174,12 +175,6 @@ def validate(event: dict[str, Any], models: Any) -> tuple[Task, str]:
     return task, fingerprint
 
 
-def _code(exc: Exception) -> str | None:
-    """The AWS error code of a botocore ClientError (None for any other exception)."""
-    code = getattr(exc, "response", {}).get("Error", {}).get("Code")
-    return str(code) if code is not None else None
-
-
 def task_exists(task_id: str) -> Refused:
     """The 409 for a ``taskId`` that has a recorded status."""
     return Refused(
@@ -207,29 +202,16 @@ def record_running(store: ResultStore, task_id: str, now: datetime, workflow: st
     conditional: of two requests racing with one new ``taskId``, the second gets 409, so
     the record is this request's own."""
     status = TaskStatus(task_id=task_id, status="running", created_at=now, updated_at=now)
-    try:
-        store.client.put_object(
-            Bucket=store.bucket,
-            Key=store.key(task_id),
-            Body=json.dumps(status.to_wire(), separators=(",", ":")).encode(),
-            ContentType="application/json",
-            Metadata={WORKFLOW_METADATA: workflow},
-            IfNoneMatch="*",
-        )
-    except Exception as exc:
-        if _code(exc) in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
-            raise task_exists(task_id) from None
-        raise
+    body = json.dumps(status.to_wire(), separators=(",", ":")).encode()
+    if not store.put_new(store.key(task_id), body, Metadata={WORKFLOW_METADATA: workflow}):
+        raise task_exists(task_id)
 
 
 def recorded_workflow(store: ResultStore, task_id: str) -> str | None:
     """The workflow a running record says runs its task (None for a record without it)."""
-    try:
-        head = store.client.head_object(Bucket=store.bucket, Key=store.key(task_id))
-    except Exception as exc:
-        if _code(exc) in ("NoSuchKey", "404", "NotFound"):
-            return None
-        raise
+    head = store.head(store.key(task_id))
+    if head is None:
+        return None
     value = (head.get("Metadata") or {}).get(WORKFLOW_METADATA)
     return str(value) if value is not None else None
 
@@ -340,7 +322,7 @@ def post_task(
         # answering a run that never was.
         if key is not None:
             keys.release(key)
-        if _code(exc) == "ExecutionAlreadyExists":
+        if error_code(exc) == "ExecutionAlreadyExists":
             # The id named an execution whose result has expired: a client mistake, not a
             # failed run. The running record is this request's own (a conditional put).
             store.client.delete_object(Bucket=store.bucket, Key=store.key(task_id))

@@ -21,3 +21,17 @@ class LazyClient:
 
             self._client = boto3.client(self.service)
         return self._client
+
+
+MISSING = frozenset({"NoSuchKey", "404", "NotFound"})
+"""Codes S3 answers for an object that is not there (GetObject, HeadObject)."""
+TAKEN = frozenset({"PreconditionFailed", "412", "ConditionalRequestConflict"})
+"""Codes of a conditional put (``IfNoneMatch="*"``) that lost: 412, or 409 while another
+conditional put on the key is in flight."""
+
+
+def error_code(exc: BaseException) -> str | None:
+    """The AWS error code of a botocore ``ClientError`` (None for any other exception)."""
+    response = getattr(exc, "response", None)
+    code = response.get("Error", {}).get("Code") if isinstance(response, dict) else None
+    return str(code) if code is not None else None

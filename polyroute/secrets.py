@@ -18,6 +18,7 @@ import re
 import threading
 from typing import Any
 
+from polyroute.awsclient import error_code
 from polyroute.errors import AuthenticationError
 
 SECRET_ENV_PREFIX = "POLYROUTE_SECRET_"
@@ -149,12 +150,7 @@ def _key_from_secret(raw: str, name: str) -> str:
 
 
 def _error_code(exc: Exception) -> str:
-    response = getattr(exc, "response", None)
-    if isinstance(response, dict):
-        code = response.get("Error", {}).get("Code")
-        if isinstance(code, str):
-            return code
-    return type(exc).__name__
+    return error_code(exc) or type(exc).__name__
 
 
 def remember(value: str) -> None:

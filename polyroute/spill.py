@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlparse
 
-from polyroute.awsclient import LazyClient
+from polyroute.awsclient import MISSING, TAKEN, LazyClient, error_code
 from polyroute.errors import ConfigError, SpillIntegrityError
 
 DEFAULT_THRESHOLD_BYTES = 32 * 1024
@@ -60,6 +60,45 @@ class S3Location(LazyClient):
         super().__init__(client)
         self.bucket = bucket
         self.prefix = prefix
+
+    def read(self, key: str) -> bytes | None:
+        """The object at ``key``, or None when there is none."""
+        try:
+            obj = self.client.get_object(Bucket=self.bucket, Key=key)
+        except Exception as exc:
+            if error_code(exc) in MISSING:
+                return None
+            raise
+        data: bytes = obj["Body"].read()
+        return data
+
+    def head(self, key: str) -> dict[str, Any] | None:
+        """The metadata of the object at ``key`` (HeadObject), or None when there is none."""
+        try:
+            head: dict[str, Any] = self.client.head_object(Bucket=self.bucket, Key=key)
+        except Exception as exc:
+            if error_code(exc) in MISSING:
+                return None
+            raise
+        return head
+
+    def put_new(self, key: str, body: bytes, **extra: Any) -> bool:
+        """Write ``key`` only if nothing is there (``IfNoneMatch="*"``); False when another
+        writer holds it."""
+        try:
+            self.client.put_object(
+                Bucket=self.bucket,
+                Key=key,
+                Body=body,
+                ContentType="application/json",
+                IfNoneMatch="*",
+                **extra,
+            )
+        except Exception as exc:
+            if error_code(exc) in TAKEN:
+                return False
+            raise
+        return True
 
 
 class S3Store(S3Location):

@@ -38,6 +38,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from polyroute.api import TaskStatus
+from polyroute.awsclient import TAKEN, error_code
 from polyroute.budget import Budget, BudgetState, Reservation
 from polyroute.compress import CompressedInput, Document
 from polyroute.cost import call_cost
@@ -1046,14 +1047,8 @@ class ResultStore(S3Location):
         )
 
     def get(self, task_id: str) -> TaskStatus | None:
-        try:
-            obj = self.client.get_object(Bucket=self.bucket, Key=self.key(task_id))
-        except Exception as exc:
-            code = getattr(exc, "response", {}).get("Error", {}).get("Code")
-            if code in ("NoSuchKey", "404", "NotFound"):
-                return None
-            raise
-        return TaskStatus.model_validate_json(obj["Body"].read())
+        data = self.read(self.key(task_id))
+        return None if data is None else TaskStatus.model_validate_json(data)
 
     def finished(self, task_id: str, result: RunResult) -> None:
         """Record a finished run (keeping the time it was created)."""
@@ -1106,13 +1101,8 @@ class IdempotencyStore(S3Location):
 
     def get(self, idempotency_key: str) -> IdempotencyRecord | None:
         """The record of a key's first use, or None."""
-        try:
-            obj = self.client.get_object(Bucket=self.bucket, Key=self.key(idempotency_key))
-        except Exception as exc:
-            if _s3_code(exc) in ("NoSuchKey", "404", "NotFound"):
-                return None
-            raise
-        return IdempotencyRecord.model_validate_json(obj["Body"].read())
+        data = self.read(self.key(idempotency_key))
+        return None if data is None else IdempotencyRecord.model_validate_json(data)
 
     def claim(self, idempotency_key: str, record: IdempotencyRecord) -> IdempotencyRecord | None:
         """Record the key's first use; None if this call did, else the record that won."""
@@ -1128,7 +1118,7 @@ class IdempotencyStore(S3Location):
         except Exception as exc:
             # 412: another request holds the key; 409: a concurrent conditional put is in
             # flight on the same key (S3 asks the loser to retry, which reads the winner).
-            if _s3_code(exc) not in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
+            if error_code(exc) not in TAKEN:
                 raise
             winner = self.get(idempotency_key)
             if winner is None:  # the winner's put is not visible yet: the client retries
@@ -1139,11 +1129,6 @@ class IdempotencyStore(S3Location):
     def release(self, idempotency_key: str) -> None:
         """Forget a key whose task never started, so a retry with it can start it."""
         self.client.delete_object(Bucket=self.bucket, Key=self.key(idempotency_key))
-
-
-def _s3_code(exc: Exception) -> str | None:
-    code: str | None = getattr(exc, "response", {}).get("Error", {}).get("Code")
-    return code
 
 
 def workflow_from_env(
