@@ -69,6 +69,23 @@ class BatchRecord(WireModel):
     error: str | None = None
     result: RunResult | None = None
 
+    @classmethod
+    def of_result(
+        cls, line: int, task_id: str | None, result: RunResult, line_sha256: str | None = None
+    ) -> BatchRecord:
+        """The record of a line whose task ran (locally, or as a batch child on AWS)."""
+        return cls(
+            line=line,
+            line_sha256=line_sha256,
+            task_id=task_id,
+            status=result.status,
+            stop_reason=result.stop_reason,
+            cost_usd=result.totals.cost_usd,
+            baseline_cost_usd=result.baseline.cost_usd,
+            error=next((s.error for s in result.steps if s.error), None),
+            result=result,
+        )
+
     @property
     def stopped(self) -> bool:
         """Stopped by a budget or the deadline (and not otherwise failed)."""
@@ -364,20 +381,6 @@ class Progress:
 # --- the run ---------------------------------------------------------------------------------
 
 
-def _record_for(item: TaskLine, task_id: str, result: RunResult) -> BatchRecord:
-    return BatchRecord(
-        line=item.line,
-        line_sha256=item.sha256,
-        task_id=task_id,
-        status=result.status,
-        stop_reason=result.stop_reason,
-        cost_usd=result.totals.cost_usd,
-        baseline_cost_usd=result.baseline.cost_usd,
-        error=next((s.error for s in result.steps if s.error), None),
-        result=result,
-    )
-
-
 async def _run_one(engine: Engine, item: TaskLine, task_id: str) -> BatchRecord:
     assert item.task is not None
     line, digest = item.line, item.sha256
@@ -399,7 +402,7 @@ async def _run_one(engine: Engine, item: TaskLine, task_id: str) -> BatchRecord:
             status="failed",
             error=f"internal error: {type(exc).__name__}: {exc}",
         )
-    return _record_for(item, task_id, result)
+    return BatchRecord.of_result(item.line, task_id, result, item.sha256)
 
 
 def task_id_for(item: TaskLine, stem: str) -> str:

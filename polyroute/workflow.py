@@ -45,6 +45,7 @@ from polyroute.cost import call_cost
 from polyroute.engine import (
     Engine,
     EngineConfig,
+    PackedStep,
     Run,
     build_result,
     fact,
@@ -624,6 +625,20 @@ class Workflow:
         self.cfg.registry.get(item.call.model)
         return {"item": event["item"], "state": event["state"], "call": item.call.to_wire()}
 
+    def _pack(self, state: WorkflowState, task: Task, step: Step, model: str) -> PackedStep:
+        """The step's input packed for ``model`` (the engine's ``pack_step``)."""
+        docs, _, image_tokens = self._inputs(state, task, step)
+        return pack_step(
+            self._engine.router,
+            self.cfg.policy,
+            self._resolved_view(state, task, step),
+            step,
+            self.cfg.registry.get(model),
+            docs,
+            image_tokens,
+            frozenset(task.context),
+        )
+
     def compress(self, event: dict[str, Any]) -> dict[str, Any]:
         """Pack the step's input for its model's window (spilled when large)."""
         state = self.load_state(event["state"])
@@ -631,17 +646,7 @@ class Workflow:
         item = WaveItem.model_validate(event["item"])
         call = CallPlan.model_validate(event["call"])
         step = self._step(state, item.step_id)
-        docs, _, image_tokens = self._inputs(state, task, step)
-        packed = pack_step(
-            self._engine.router,
-            self.cfg.policy,
-            self._resolved_view(state, task, step),
-            step,
-            self.cfg.registry.get(call.model),
-            docs,
-            image_tokens,
-            frozenset(task.context),
-        )
+        packed = self._pack(state, task, step, call.model)
         body = {
             "prefix": packed.input.prefix,
             "prompt": packed.input.prompt,
@@ -867,18 +872,7 @@ class Workflow:
         if nxt is None:
             return done("failed")
         task = self.task_of(state)
-        step = self._step(state, item.step_id)
-        docs, _, image_tokens = self._inputs(state, task, step)
-        packed = pack_step(
-            self._engine.router,
-            self.cfg.policy,
-            self._resolved_view(state, task, step),
-            step,
-            self.cfg.registry.get(nxt),
-            docs,
-            image_tokens,
-            frozenset(task.context),
-        )
+        packed = self._pack(state, task, self._step(state, item.step_id), nxt)
         assert rec.decision is not None
         first = rec.decision.model
         decision_reason = fallback_reason(rec.decision, first, name)
@@ -1372,19 +1366,7 @@ def summarize_batch(s3: Any, results: ResultStore, prepared: PreparedBatch) -> d
                 )
             )
         else:
-            r = status.result
-            records.append(
-                BatchRecord(
-                    line=item.line,
-                    task_id=item.task_id,
-                    status=r.status,
-                    stop_reason=r.stop_reason,
-                    cost_usd=r.totals.cost_usd,
-                    baseline_cost_usd=r.baseline.cost_usd,
-                    error=next((s.error for s in r.steps if s.error), None),
-                    result=r,
-                )
-            )
+            records.append(BatchRecord.of_result(item.line, item.task_id, status.result))
     records.sort(key=lambda rec: rec.line)
     lines = "".join(json.dumps(rec.to_wire(), separators=(",", ":")) + "\n" for rec in records)
     summary = summarize(records)
