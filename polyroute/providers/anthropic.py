@@ -8,65 +8,31 @@ The SDK's own retries are off (``max_retries=0``): ``execute`` retries, and coun
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import Callable
 from typing import Any
 
-from polyroute.errors import AuthenticationError, ProviderError
+from polyroute.errors import ProviderError
 from polyroute.providers import live
 from polyroute.providers.base import ModelRequest, ModelResponse, register_provider
 from polyroute.schema import Usage
-from polyroute.secrets import api_key as lookup_api_key
-from polyroute.secrets import key_env, remember, secret_env
 
 PROVIDER = "anthropic"
 
 
-class AnthropicProvider:
+class AnthropicProvider(live.SdkProvider):
     """Claude through the Anthropic API."""
 
     name = PROVIDER
-
-    def __init__(
-        self,
-        client: Any | None = None,
-        api_key: str | None = None,
-        base_url: str | None = None,
-        timeout_s: float = live.DEFAULT_TIMEOUT_S,
-        clock: Callable[[], float] = time.perf_counter,
-    ) -> None:
-        # The client is typed ``Any``: the SDK's request and response types change between
-        # its releases faster than this module needs to, and responses are read defensively.
-        self._client = client
-        self._api_key = api_key
-        self._base_url = base_url
-        self._timeout_s = timeout_s
-        self._clock = clock
-        if client is None:
-            # Import the SDK now, not inside the first call, where it would stall the loop.
-            import anthropic  # noqa: F401
-        self._loop_client: tuple[asyncio.AbstractEventLoop, Any] | None = None
+    sdk = "anthropic"
 
     def _get_client(self) -> Any:
-        if self._client is not None:
-            return self._client
-        # One client per event loop: an async HTTP pool cannot move between loops.
-        loop = asyncio.get_running_loop()
-        if self._loop_client is None or self._loop_client[0] is not loop:
+        def make(base_url: str | None) -> Any:
             import anthropic
 
-            key = self._api_key or lookup_api_key(PROVIDER)
-            if not key:
-                raise AuthenticationError(
-                    f"anthropic: no API key (set {key_env(PROVIDER)} or {secret_env(PROVIDER)})"
-                )
-            remember(key)
-            client = anthropic.AsyncAnthropic(
-                api_key=key, base_url=self._base_url, max_retries=0, timeout=self._timeout_s
+            return anthropic.AsyncAnthropic(
+                api_key=self._key(), base_url=base_url, max_retries=0, timeout=self._timeout_s
             )
-            self._loop_client = (loop, client)
-        return self._loop_client[1]
+
+        return self._sdk_client(self._base_url, make)
 
     async def request(self, req: ModelRequest) -> ModelResponse:
         """One Messages API call."""
@@ -156,23 +122,12 @@ def parse_message(msg: Any, req: ModelRequest, latency_ms: float) -> ModelRespon
         cache_read_tokens=int(getattr(u, "cache_read_input_tokens", 0) or 0),
         cache_write_tokens=int(getattr(u, "cache_creation_input_tokens", 0) or 0),
     )
-    if stop == "refusal":
-        raise live.refused(PROVIDER, spec.id, "stop_reason refusal").billed(usage)
-    if stop == "model_context_window_exceeded":
-        stop = "max_tokens"
     extra = {"api_model": str(getattr(msg, "model", spec.api_id))}
     msg_id = getattr(msg, "id", None)
     if msg_id:
         extra["message_id"] = str(msg_id)
-    return ModelResponse(
-        text=text,
-        usage=usage,
-        latency_ms=latency_ms,
-        model=spec.id,
-        provider=PROVIDER,
-        stop_reason=stop,
-        extra=extra,
-    )
+    refusal = "stop_reason refusal" if stop == "refusal" else None
+    return live.answer(spec, PROVIDER, text, usage, stop, latency_ms, extra, refusal)
 
 
 def map_error(exc: Exception, model: str, timeout_s: float | None) -> ProviderError | None:

@@ -195,25 +195,15 @@ def parse_converse(resp: dict[str, Any], req: ModelRequest, latency_ms: float) -
         cache_read_tokens=int(u.get("cacheReadInputTokens") or 0),
         cache_write_tokens=int(u.get("cacheWriteInputTokens") or 0),
     )
-    if stop in ("content_filtered", "guardrail_intervened"):
-        raise live.refused(PROVIDER, spec.id, f"stopReason {stop}").billed(usage)
-    if stop == "model_context_window_exceeded":
-        stop = "max_tokens"
     message = (resp.get("output") or {}).get("message") or {}
     text = "".join(str(block["text"]) for block in message.get("content") or [] if "text" in block)
     extra = {"bedrock_id": str(spec.bedrock_id)}
     request_id = (resp.get("ResponseMetadata") or {}).get("RequestId")
     if request_id:
         extra["request_id"] = str(request_id)
-    return ModelResponse(
-        text=text,
-        usage=usage,
-        latency_ms=latency_ms,
-        model=spec.id,
-        provider=PROVIDER,
-        stop_reason=stop,
-        extra=extra,
-    )
+    filtered = stop in ("content_filtered", "guardrail_intervened")
+    refusal = f"stopReason {stop}" if filtered else None
+    return live.answer(spec, PROVIDER, text, usage, stop, latency_ms, extra, refusal)
 
 
 def map_error(exc: Exception, model: str, timeout_s: float | None) -> ProviderError | None:

@@ -6,12 +6,14 @@ Provider modules, and so the SDKs, are imported only when a run needs them (``lo
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import importlib.util
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from email.utils import parsedate_to_datetime
+from typing import Any
 
 from polyroute.errors import (
     AuthenticationError,
@@ -23,9 +25,11 @@ from polyroute.errors import (
     ProviderTimeoutError,
     RateLimitedError,
 )
-from polyroute.providers.base import ProviderFactory, provider_factory
+from polyroute.providers.base import ModelResponse, ProviderFactory, provider_factory
 from polyroute.registry import ModelSpec
-from polyroute.secrets import has_api_key, redact
+from polyroute.schema import Usage
+from polyroute.secrets import api_key as lookup_api_key
+from polyroute.secrets import has_api_key, key_env, redact, remember, secret_env
 
 ANTHROPIC_VIA_ENV = "POLYROUTE_ANTHROPIC_VIA"
 DEFAULT_TIMEOUT_S = 120.0
@@ -178,6 +182,90 @@ def timeout_error(provider: str, model: str, timeout_s: float | None) -> Provide
 def refused(provider: str, model: str, why: str) -> ContentRefusedError:
     """The model declined to answer: not retried, no silent fallback."""
     return ContentRefusedError(redact(f"{provider} {model}: the model refused: {why}"))
+
+
+def answer(
+    spec: ModelSpec,
+    provider: str,
+    text: str,
+    usage: Usage,
+    stop: str,
+    latency_ms: float,
+    extra: dict[str, str],
+    refusal: str | None = None,
+) -> ModelResponse:
+    """A vendor's answer as a ``ModelResponse``, after the checks every vendor shares: a
+    refusal (``refusal``: why) raises with the tokens it was billed, and a stop at the
+    model's context window counts as cut off."""
+    if refusal is not None:
+        raise refused(provider, spec.id, refusal).billed(usage)
+    if stop == "model_context_window_exceeded":
+        stop = "max_tokens"
+    return ModelResponse(
+        text=text,
+        usage=usage,
+        latency_ms=latency_ms,
+        model=spec.id,
+        provider=provider,
+        stop_reason=stop,
+        extra=extra,
+    )
+
+
+class SdkProvider:
+    """What the providers built on a vendor's async SDK share: an injected client, or one
+    made per base URL and event loop (an async HTTP pool cannot move between loops), the API
+    key from the environment or Secrets Manager, a default timeout and a clock.
+
+    Clients are typed ``Any``: the SDKs' request and response types change between their
+    releases faster than these modules need to, and responses are read defensively."""
+
+    name = ""
+    sdk = ""
+    """The SDK's module: imported when the provider is made, not inside the first call,
+    where it would stall the event loop."""
+    require_key = True
+
+    def __init__(
+        self,
+        client: Any | None = None,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        self._client = client
+        self._api_key = api_key
+        self._base_url = base_url
+        self._timeout_s = timeout_s
+        self._clock = clock
+        if client is None:
+            importlib.import_module(self.sdk)
+        self._clients: dict[str | None, Any] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def _key(self) -> str | None:
+        key = self._api_key or lookup_api_key(self.name)
+        if not key and self.require_key:
+            raise AuthenticationError(
+                f"{self.name}: no API key (set {key_env(self.name)} or {secret_env(self.name)})"
+            )
+        if key:
+            remember(key)
+        return key
+
+    def _sdk_client(self, base_url: str | None, make: Callable[[str | None], Any]) -> Any:
+        """The injected client, else this loop's client for ``base_url`` (``make`` builds
+        one)."""
+        if self._client is not None:
+            return self._client
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:
+            self._clients, self._loop = {}, loop
+        client = self._clients.get(base_url)
+        if client is None:
+            client = self._clients[base_url] = make(base_url)
+        return client
 
 
 def with_json_instruction(system: str | None, json_mode: bool) -> str | None:

@@ -9,83 +9,40 @@ price). The SDK's own retries are off (``max_retries=0``): ``execute`` retries.
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import Callable
 from typing import Any
 
-from polyroute.errors import AuthenticationError, ProviderError
+from polyroute.errors import ProviderError
 from polyroute.providers import live
 from polyroute.providers.base import ModelRequest, ModelResponse, register_provider
 from polyroute.registry import ModelSpec
 from polyroute.schema import Usage
-from polyroute.secrets import api_key as lookup_api_key
-from polyroute.secrets import key_env, remember, secret_env
 
 
-class OpenAIProvider:
+class OpenAIProvider(live.SdkProvider):
     """GPT models through the OpenAI API."""
 
     name = "openai"
+    sdk = "openai"
     # OpenAI's newer models take only ``max_completion_tokens``; compatible servers know
     # ``max_tokens``.
     max_tokens_param = "max_completion_tokens"
-    require_key = True
-
-    def __init__(
-        self,
-        client: Any | None = None,
-        api_key: str | None = None,
-        base_url: str | None = None,
-        timeout_s: float = live.DEFAULT_TIMEOUT_S,
-        clock: Callable[[], float] = time.perf_counter,
-    ) -> None:
-        # ``Any``: see the Anthropic provider; responses are read defensively.
-        self._client = client
-        self._api_key = api_key
-        self._base_url = base_url
-        self._timeout_s = timeout_s
-        self._clock = clock
-        if client is None:
-            # Import the SDK now, not inside the first call, where it would stall the loop.
-            import openai  # noqa: F401
-        self._clients: dict[str | None, Any] = {}
-        self._loop: asyncio.AbstractEventLoop | None = None
 
     def base_url_for(self, spec: ModelSpec) -> str | None:
         """Where ``spec`` is served (None: the SDK's default or ``OPENAI_BASE_URL``)."""
         return self._base_url
 
-    def _key(self) -> str | None:
-        key = self._api_key or lookup_api_key(self.name)
-        if not key and self.require_key:
-            raise AuthenticationError(
-                f"{self.name}: no API key (set {key_env(self.name)} or {secret_env(self.name)})"
-            )
-        if key:
-            remember(key)
-        return key
-
     def _get_client(self, spec: ModelSpec) -> Any:
-        if self._client is not None:
-            return self._client
-        # One client per base URL and event loop: an async HTTP pool cannot move between loops.
-        loop = asyncio.get_running_loop()
-        if self._loop is not loop:
-            self._clients, self._loop = {}, loop
-        base_url = self.base_url_for(spec)
-        client = self._clients.get(base_url)
-        if client is None:
+        def make(base_url: str | None) -> Any:
             import openai
 
-            client = openai.AsyncOpenAI(
+            return openai.AsyncOpenAI(
                 api_key=self._key() or "unused",
                 base_url=base_url,
                 max_retries=0,
                 timeout=self._timeout_s,
             )
-            self._clients[base_url] = client
-        return client
+
+        return self._sdk_client(self.base_url_for(spec), make)
 
     async def request(self, req: ModelRequest) -> ModelResponse:
         """One chat completion."""
@@ -150,23 +107,15 @@ def parse_completion(
         output_tokens=int(getattr(u, "completion_tokens", 0) or 0),
         cache_read_tokens=cached,
     )
-    refusal = getattr(message, "refusal", None)
-    if refusal:
-        raise live.refused(provider, spec.id, str(refusal)).billed(usage)
     finish = str(getattr(choice, "finish_reason", None) or "stop")
-    if finish == "content_filter":
-        raise live.refused(provider, spec.id, "finish_reason content_filter").billed(usage)
+    refusal = getattr(message, "refusal", None)
+    why = str(refusal) if refusal else None
+    if why is None and finish == "content_filter":
+        why = "finish_reason content_filter"
     stop = {"stop": "end_turn", "length": "max_tokens"}.get(finish, finish)
     extra = {"api_model": str(getattr(completion, "model", spec.api_id))}
-    return ModelResponse(
-        text=str(getattr(message, "content", None) or ""),
-        usage=usage,
-        latency_ms=latency_ms,
-        model=spec.id,
-        provider=provider,
-        stop_reason=stop,
-        extra=extra,
-    )
+    text = str(getattr(message, "content", None) or "")
+    return live.answer(spec, provider, text, usage, stop, latency_ms, extra, why)
 
 
 def map_error(
