@@ -49,10 +49,7 @@ class AnthropicProvider(live.SdkProvider):
                 **system_param(req),
             )
         except Exception as exc:
-            err = map_error(exc, spec.id, timeout)
-            if err is None:
-                raise
-            raise err from None
+            live.raise_mapped(exc, map_error(exc, spec.id, timeout))
         latency_ms = (self._clock() - start) * 1000.0
         return parse_message(msg, req, latency_ms)
 
@@ -68,10 +65,7 @@ class AnthropicProvider(live.SdkProvider):
                 **system_param(req),
             )
         except Exception as exc:
-            err = map_error(exc, req.model.id, timeout)
-            if err is None:
-                raise
-            raise err from None
+            live.raise_mapped(exc, map_error(exc, req.model.id, timeout))
         return int(result.input_tokens)
 
 
@@ -142,16 +136,7 @@ def map_error(exc: Exception, model: str, timeout_s: float | None) -> ProviderEr
         body: dict[str, Any] = exc.body if isinstance(exc.body, dict) else {}
         inner = body.get("error")
         error: dict[str, Any] = inner if isinstance(inner, dict) else {}
-        message = str(error.get("message") or getattr(exc, "message", "") or exc)
-        etype = error.get("type")
-        return live.error_for_status(
-            PROVIDER,
-            model,
-            exc.status_code,
-            message,
-            str(etype) if etype else None,
-            dict(exc.response.headers),
-        )
+        return live.sdk_status_error(PROVIDER, model, exc, error, error.get("type"))
     if isinstance(exc, anthropic.APIConnectionError):
         return live.connection_error(PROVIDER, model, exc)
     return None

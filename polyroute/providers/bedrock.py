@@ -108,10 +108,7 @@ class BedrockProvider:
         except TimeoutError:
             raise live.timeout_error(PROVIDER, spec.id, timeout) from None
         except Exception as exc:
-            err = map_error(exc, spec.id, timeout)
-            if err is None:
-                raise
-            raise err from None
+            live.raise_mapped(exc, map_error(exc, spec.id, timeout))
         latency_ms = (self._clock() - start) * 1000.0
         return parse_converse(resp, req, latency_ms)
 

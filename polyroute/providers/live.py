@@ -13,7 +13,7 @@ import os
 import time
 from collections.abc import Callable, Mapping
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import Any, NoReturn
 
 from polyroute.errors import (
     AuthenticationError,
@@ -177,6 +177,30 @@ def timeout_error(provider: str, model: str, timeout_s: float | None) -> Provide
     """A read timeout (retryable)."""
     after = f" after {timeout_s:g}s" if timeout_s else ""
     return ProviderTimeoutError(f"{provider} {model}: read timeout{after}")
+
+
+def raise_mapped(exc: Exception, mapped: ProviderError | None) -> NoReturn:
+    """Raise an SDK's exception as the polyroute error it maps to (``mapped``), or as it is
+    when it maps to none (a bug to surface)."""
+    if mapped is None:
+        raise exc
+    raise mapped from None
+
+
+def sdk_status_error(
+    provider: str, model: str, exc: Any, error: Mapping[str, Any], etype: object
+) -> ProviderError:
+    """An SDK's HTTP status exception as a polyroute error, given the body's error object
+    and its type or code."""
+    message = str(error.get("message") or getattr(exc, "message", "") or exc)
+    return error_for_status(
+        provider,
+        model,
+        exc.status_code,
+        message,
+        str(etype) if etype else None,
+        dict(exc.response.headers),
+    )
 
 
 def refused(provider: str, model: str, why: str) -> ContentRefusedError:

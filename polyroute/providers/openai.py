@@ -61,10 +61,7 @@ class OpenAIProvider(live.SdkProvider):
         try:
             completion = await client.chat.completions.create(**params)
         except Exception as exc:
-            err = map_error(exc, self.name, spec.id, timeout)
-            if err is None:
-                raise
-            raise err from None
+            live.raise_mapped(exc, map_error(exc, self.name, spec.id, timeout))
         latency_ms = (self._clock() - start) * 1000.0
         return parse_completion(completion, req, latency_ms, self.name)
 
@@ -133,16 +130,8 @@ def map_error(
         body: dict[str, Any] = exc.body if isinstance(exc.body, dict) else {}
         inner = body.get("error")
         error: dict[str, Any] = inner if isinstance(inner, dict) else body
-        message = str(error.get("message") or getattr(exc, "message", "") or exc)
         etype = error.get("code") or error.get("type")
-        return live.error_for_status(
-            provider,
-            model,
-            exc.status_code,
-            message,
-            str(etype) if etype else None,
-            dict(exc.response.headers),
-        )
+        return live.sdk_status_error(provider, model, exc, error, etype)
     if isinstance(exc, openai.APIConnectionError):
         return live.connection_error(provider, model, exc)
     return None
